@@ -1,0 +1,1 @@
+"""Result backend drivers shipped with conveyor. Each is imported only when its scheme is used."""

@@ -1,0 +1,1 @@
+"""Optional integrations that are not part of the core."""

@@ -1,0 +1,266 @@
+"""The application object: settings, the task registry, and sending."""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from conveyor.config import Settings
+from conveyor.exceptions import TaskOptionError
+from conveyor.message import Message
+from conveyor.record import TaskRecord
+from conveyor.registry import backend_from_url, broker_from_url
+from conveyor.serialization import Codec, Signer
+from conveyor.states import PENDING
+from conveyor.task import Task
+from conveyor.url import URL
+
+if TYPE_CHECKING:
+    from conveyor.backend import ResultBackend
+    from conveyor.broker import Broker
+    from conveyor.result import AsyncResult
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Tolerated clock skew when checking that an eta or expires is not in the past.
+CLOCK_SKEW = 1.0
+
+
+def to_timestamp(value: datetime | float) -> float:
+    """Epoch seconds from a datetime (naive means local time) or a number."""
+    return value.timestamp() if isinstance(value, datetime) else float(value)
+
+
+@dataclass
+class Outgoing:
+    """A message ready to publish: where, after how long, and its PENDING record."""
+
+    message: Message
+    queue: str
+    delay: float
+
+
+class Conveyor:
+    """A conveyor application.
+
+    ``Conveyor("shop", broker="redis://...", backend="postgresql+psycopg://...")``; with
+    nothing configured both are one SQLite file, ``conveyor.db``, in the working directory.
+    Other settings are keyword arguments with Celery's names (see :class:`Settings`).
+    """
+
+    def __init__(self, main: str | None = None, *, broker: str | None = None,
+                 backend: str | None = None, **settings: Any) -> None:
+        self.main = main
+        self.conf = Settings()
+        self.conf.from_environ()
+        if broker is not None:
+            settings["broker_url"] = broker
+        if backend is not None:
+            settings["result_backend"] = backend
+        self.conf.update(settings)
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._lock = threading.Lock()
+        self._broker: Broker | None = None
+        self._backend: ResultBackend | None = None
+        self._codecs: tuple[Codec, Codec, Signer] | None = None
+
+    def __repr__(self) -> str:
+        return (f"<Conveyor {self.main or '__main__'} broker={URL.of(self.conf.broker_url)} "
+                f"backend={URL.of(self.conf.result_backend)}>")
+
+    # -- configuration --------------------------------------------------------------------
+    def config_from_object(self, obj: object | str) -> None:
+        """Load settings from a module, a ``"module"`` path, a class or a mapping.
+
+        Lowercase attribute names are settings; anything else is ignored. Closes existing
+        connections so new URLs take effect.
+        """
+        if isinstance(obj, str):
+            obj = importlib.import_module(obj)
+        values = dict(obj) if isinstance(obj, dict) else {
+            k: getattr(obj, k) for k in dir(obj) if k.islower() and not k.startswith("_")
+            and not callable(getattr(obj, k)) and not isinstance(getattr(obj, k), type(importlib))}
+        self.conf.update(values)
+        self.close()
+
+    @property
+    def broker(self) -> Broker:
+        """The broker driver, connected on first use."""
+        if self._broker is None:
+            with self._lock:
+                if self._broker is None:
+                    self._broker = broker_from_url(self.conf.broker_url)
+        return self._broker
+
+    @property
+    def backend(self) -> ResultBackend:
+        """The result backend driver, connected on first use."""
+        if self._backend is None:
+            with self._lock:
+                if self._backend is None:
+                    self._backend = backend_from_url(self.conf.result_backend)
+        return self._backend
+
+    def _codec_triplet(self) -> tuple[Codec, Codec, Signer]:
+        if self._codecs is None:
+            accept = list(self.conf.accept_content)
+            self._codecs = (Codec(serializer=self.conf.task_serializer, accept=accept),
+                            Codec(serializer=self.conf.result_serializer, accept=accept),
+                            Signer(self.conf.task_signing_key))
+        return self._codecs
+
+    @property
+    def task_codec(self) -> Codec:
+        """Encodes task arguments."""
+        return self._codec_triplet()[0]
+
+    @property
+    def result_codec(self) -> Codec:
+        """Encodes task results."""
+        return self._codec_triplet()[1]
+
+    @property
+    def signer(self) -> Signer:
+        """Signs and verifies messages (a no-op without ``task_signing_key``)."""
+        return self._codec_triplet()[2]
+
+    def close(self) -> None:
+        """Close broker and backend connections; they reopen on next use."""
+        with self._lock:
+            for driver in (self._broker, self._backend):
+                if driver is not None:
+                    driver.close()
+            self._broker = self._backend = None
+            self._codecs = None
+
+    # -- tasks ----------------------------------------------------------------------------
+    @overload
+    def task(self, fn: F) -> Task[Any, Any]: ...
+    @overload
+    def task(self, fn: None = None, *, name: str | None = None, bind: bool = False,
+             **options: Any) -> Callable[[F], Task[Any, Any]]: ...
+
+    def task(self, fn: Callable[..., Any] | None = None, *, name: str | None = None,
+             bind: bool = False, **options: Any) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(bind=True, ...)``.
+
+        Options: ``max_retries``, ``default_retry_delay``, ``autoretry_for``,
+        ``dont_autoretry_for``, ``retry_backoff``, ``retry_backoff_max``, ``retry_jitter``,
+        ``queue``, ``expires``, ``ignore_result``, ``dead_letter_failures``.
+        """
+        def register(func: Callable[..., Any]) -> Task[Any, Any]:
+            task_name = name or f"{func.__module__}.{func.__qualname__}"
+            task: Task[Any, Any] = Task(self, func, name=task_name, bind=bind, **options)
+            self.tasks[task_name] = task
+            return task
+
+        return register(fn) if fn is not None else register
+
+    # -- sending --------------------------------------------------------------------------
+    def build_message(self, name: str, args: Iterable[Any] | None = None,
+                      kwargs: dict[str, Any] | None = None, *,
+                      countdown: float | None = None, eta: datetime | float | None = None,
+                      expires: datetime | float | None = None, queue: str | None = None,
+                      task_id: str | None = None, max_retries: int | None = None,
+                      **extra: Any) -> Outgoing:
+        """Validate options and encode arguments into an :class:`Outgoing` message.
+
+        Raises :class:`TaskOptionError` or :class:`SerializationError`; sends nothing.
+        """
+        now = time.time()
+        if countdown is not None and eta is not None:
+            raise TaskOptionError("give countdown or eta, not both")
+        if countdown is not None:
+            if countdown < 0:
+                raise TaskOptionError(f"countdown={countdown} is negative: give the number of "
+                                      "seconds to wait, 0 or more")
+            due: float | None = now + float(countdown)
+        elif eta is not None:
+            due = to_timestamp(eta)
+            if due < now - CLOCK_SKEW:
+                raise TaskOptionError(f"eta {eta} is in the past: use countdown=0 to run now")
+        else:
+            due = None
+        expires_at: float | None = None
+        if expires is not None:
+            expires_at = (to_timestamp(expires) if isinstance(expires, datetime)
+                          else now + float(expires))
+            if expires_at < now - CLOCK_SKEW or (
+                    not isinstance(expires, datetime) and float(expires) <= 0):
+                raise TaskOptionError(f"expires {expires} is in the past: the task would never "
+                                      "run; give seconds from now or a future datetime")
+        queue = queue or self.conf.task_default_queue
+        if not isinstance(queue, str) or not queue.strip():
+            raise TaskOptionError("queue name must be a non-empty string")
+        content_type, packed_args, packed_kwargs = Message.pack_arguments(
+            self.task_codec, list(args or ()), dict(kwargs or {}))
+        msg = Message(id=task_id or str(uuid.uuid4()), task=name, args=packed_args,
+                      kwargs=packed_kwargs, content_type=content_type, eta=due,
+                      expires=expires_at, max_retries=max_retries, sent_at=now, **extra)
+        return Outgoing(msg, queue, max(0.0, due - now) if due is not None else 0.0)
+
+    def publish(self, batch: list[Outgoing]) -> None:
+        """Store PENDING records, then enqueue; messages with the same queue and delay go in
+        one ``enqueue_many``. On failure the PENDING records are removed and it raises."""
+        if self.conf.task_store_pending:
+            self.backend.store_many(
+                [TaskRecord(o.message.id, PENDING, task=o.message.task, queue=o.queue,
+                            parent=o.message.parent, group=o.message.group,
+                            updated_at=o.message.sent_at).to_stored() for o in batch],
+                ttl=self.conf.result_expires)
+        try:
+            self.enqueue(batch)
+        except BaseException:
+            if self.conf.task_store_pending:
+                for o in batch:
+                    self.backend.forget(o.message.id)
+            raise
+
+    def enqueue(self, batch: list[Outgoing]) -> None:
+        """Put messages on the broker, cutting delays to the broker's ``max_delay``: the
+        worker re-delays a message that arrives before its eta (delays in hops)."""
+        limit = self.broker.capabilities.max_delay
+        signer = self.signer
+        buckets: dict[tuple[str, float], list[bytes]] = defaultdict(list)
+        for o in batch:
+            delay = o.delay if limit is None else min(o.delay, limit)
+            buckets[(o.queue, delay)].append(o.message.encode(signer))
+        for (queue, delay), bodies in buckets.items():
+            if len(bodies) == 1:
+                self.broker.enqueue(queue, bodies[0], delay=delay)
+            else:
+                self.broker.enqueue_many(queue, bodies, delay=delay)
+
+    def send_task(self, name: str, args: Iterable[Any] | None = None,
+                  kwargs: dict[str, Any] | None = None, **options: Any) -> AsyncResult:
+        """Send a task by name (it need not be registered here); returns its AsyncResult.
+
+        Options as :meth:`Task.apply_async`.
+        """
+        out = self.build_message(name, args, kwargs, **options)
+        self.publish([out])
+        return self.AsyncResult(out.message.id)
+
+    def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 - Celery's name
+        """A handle on the task ``task_id``'s state and result."""
+        from conveyor.result import AsyncResult
+
+        return AsyncResult(task_id, app=self)
+
+    def GroupResult(self, task_ids: Iterable[str]) -> Any:  # noqa: N802 - Celery's name
+        """A handle on several tasks' results, in order."""
+        from conveyor.result import GroupResult
+
+        return GroupResult([self.AsyncResult(t) for t in task_ids])
+
+    def record(self, task_id: str) -> TaskRecord | None:
+        """The decoded backend record of ``task_id``; None when unknown or expired."""
+        stored = self.backend.get(task_id)
+        return TaskRecord.from_stored(stored) if stored is not None else None

@@ -1,0 +1,118 @@
+"""The ResultBackend interface: where task states, results and attempt histories are kept.
+
+A driver stores opaque bytes (``StoredRecord.data``, encoded by the core) under a task id,
+with the state beside them in the clear so that the driver can enforce the one rule that must
+be atomic on the server: **the first terminal write wins** (SUCCESS, FAILURE, REVOKED are
+written once; later writes of any state to a terminal record are ignored).
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from conveyor.states import READY_STATES
+from conveyor.url import URL
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """What a backend driver keeps per task: its id, its state and the core's encoded data."""
+
+    task_id: str
+    state: str
+    data: bytes
+
+    @property
+    def ready(self) -> bool:
+        """True when the state is terminal."""
+        return self.state in READY_STATES
+
+
+@dataclass(frozen=True)
+class BackendCapabilities:
+    """What a backend driver can do. ``native_expiry``: the server drops expired records by
+    itself (Redis TTL, Mongo TTL index); otherwise ``purge_expired`` must be called."""
+
+    native_expiry: bool = False
+    push_wait: bool = False
+    shared_between_processes: bool = True
+
+
+class ResultBackend(ABC):
+    """Keeps task records. Thread-safe; translates client errors into conveyor's."""
+
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities()
+
+    def __init__(self, url: URL, **options: Any) -> None:
+        self.url = url
+
+    @abstractmethod
+    def store(self, record: StoredRecord, *, ttl: float | None) -> bool:
+        """Write ``record``, to expire ``ttl`` seconds from now (``None``: never).
+
+        Atomic. Returns False, writing nothing, when a terminal record already exists for the
+        id: the first terminal write wins and nothing overwrites it.
+        """
+
+    def store_many(self, records: Iterable[StoredRecord], *, ttl: float | None) -> list[bool]:
+        """Store several records (same rules as :meth:`store`); override to batch."""
+        return [self.store(record, ttl=ttl) for record in records]
+
+    @abstractmethod
+    def get(self, task_id: str) -> StoredRecord | None:
+        """The record of ``task_id``; None when there is none or it has expired."""
+
+    def get_many(self, task_ids: Iterable[str]) -> dict[str, StoredRecord]:
+        """Records of several ids (missing and expired ones left out). Override to batch."""
+        found = {}
+        for task_id in task_ids:
+            record = self.get(task_id)
+            if record is not None:
+                found[task_id] = record
+        return found
+
+    @abstractmethod
+    def forget(self, task_id: str) -> None:
+        """Delete the record of ``task_id``. Idempotent."""
+
+    def wait(self, task_id: str, *, timeout: float | None) -> StoredRecord | None:
+        """Block until ``task_id`` has a terminal record and return it; None on timeout.
+
+        The default polls with backoff (2 ms doubling to 200 ms); drivers with push
+        notifications override it.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.002
+        while True:
+            record = self.get(task_id)
+            if record is not None and record.ready:
+                return record
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                pause = min(pause, left)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+
+    @abstractmethod
+    def purge_expired(self) -> int:
+        """Delete expired records now; return how many (0 where the server expires them)."""
+
+    def ping(self) -> None:
+        """Raise a :class:`~conveyor.exceptions.DriverError` when the server is unreachable."""
+        self.get("__ping__")
+
+    def info(self) -> dict[str, str]:
+        """Driver-specific facts for ``conveyor check`` (e.g. a schema version). May query."""
+        return {}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. Idempotent."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url.masked!r})"

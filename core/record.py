@@ -1,0 +1,89 @@
+"""The task record: state, result or error, retries and attempt history, as the core sees it.
+
+Backends keep it as :class:`~conveyor.backend.StoredRecord` bytes; this module converts.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from conveyor.backend import StoredRecord
+from conveyor.exceptions import MessageDecodeError, RemoteTaskError
+from conveyor.serialization import Codec, dumps_json, loads_json
+
+
+@dataclass
+class Attempt:
+    """One try at running a task. ``outcome`` is success, failure, retry, lost or rejected."""
+
+    number: int
+    worker: str | None
+    started_at: float | None
+    finished_at: float | None = None
+    outcome: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+
+
+@dataclass
+class TaskRecord:
+    """Everything the backend knows about one task."""
+
+    task_id: str
+    state: str
+    task: str | None = None
+    queue: str | None = None
+    result: Any = None
+    result_type: str = "json"
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    retries: int = 0
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    worker: str | None = None
+    date_done: float | None = None
+    updated_at: float | None = None
+    parent: str | None = None
+    group: str | None = None
+    dead_letter_reason: str | None = None
+
+    def to_stored(self) -> StoredRecord:
+        """Encode for a backend driver."""
+        return StoredRecord(self.task_id, self.state, dumps_json(asdict(self)))
+
+    @classmethod
+    def from_stored(cls, stored: StoredRecord) -> TaskRecord:
+        """Decode what a backend driver returned."""
+        data = loads_json(stored.data)
+        if not isinstance(data, dict):
+            raise MessageDecodeError(f"record of {stored.task_id} is not a JSON object")
+        known = {f for f in cls.__dataclass_fields__}
+        record = cls(**{k: v for k, v in data.items() if k in known})
+        record.state = stored.state
+        return record
+
+    def value(self, codec: Codec) -> Any:
+        """The decoded result (for SUCCESS)."""
+        return codec.unpack(self.result_type, self.result)
+
+    def exception(self) -> BaseException:
+        """Rebuild the task's exception: the original class when it can be imported and
+        built from its message, else :class:`RemoteTaskError` carrying type and message."""
+        type_name = self.error_type or "Exception"
+        message = self.error_message or ""
+        module_name, _, qualname = type_name.rpartition(".")
+        # Only classes from modules already imported here: a stored record must not be able
+        # to make the reader import arbitrary code.
+        obj: Any = sys.modules.get(module_name or "builtins")
+        try:
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+            if isinstance(obj, type) and issubclass(obj, BaseException):
+                exc = obj(message)
+                if str(exc) == message:
+                    return exc
+        except Exception:  # noqa: S110 - any failure means "cannot rebuild"; fall through
+            pass
+        return RemoteTaskError(type_name, message)

@@ -1,0 +1,120 @@
+"""Encoding of task arguments and results, and optional HMAC signing of messages.
+
+JSON is the default and the only format accepted unless pickle is enabled explicitly
+(``accept_content=["json", "pickle"]``), because unpickling a message runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import pickle
+import warnings
+from typing import Any
+
+from conveyor.exceptions import ConfigurationError, MessageDecodeError, SerializationError
+
+_SIGNED_PREFIX = b"conveyor-hmac1:"
+
+
+def dumps_json(value: Any) -> bytes:
+    """Compact JSON bytes; raises :class:`SerializationError` naming what could not be encoded."""
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(
+            f"cannot encode as JSON: {exc}. Pass JSON types (str, int, float, bool, None, "
+            "list, dict) or enable pickle with task_serializer='pickle' and "
+            "accept_content=['json', 'pickle']") from exc
+
+
+def loads_json(data: bytes) -> Any:
+    """Decode JSON bytes; raises :class:`MessageDecodeError`."""
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MessageDecodeError(f"not valid JSON: {exc}") from exc
+
+
+class Codec:
+    """Turns values into a JSON-embeddable form and back, by serializer name.
+
+    ``pack`` returns a pair ``(content_type, payload)`` where the payload is plain JSON for
+    ``json`` and a base64 string for ``pickle``.
+    """
+
+    def __init__(self, *, serializer: str, accept: list[str]) -> None:
+        for name in [serializer, *accept]:
+            if name not in {"json", "pickle"}:
+                raise ConfigurationError(
+                    f"unknown serializer {name!r}: use 'json' (default) or 'pickle'")
+        if serializer not in accept:
+            raise ConfigurationError(
+                f"task_serializer={serializer!r} is not in accept_content={accept!r}: "
+                "workers would refuse every message; add it to accept_content")
+        if "pickle" in accept:
+            warnings.warn("pickle is enabled: a message from anyone who can write to the broker "
+                          "can run arbitrary code in the worker", stacklevel=3)
+        self.serializer = serializer
+        self.accept = frozenset(accept)
+
+    def pack(self, value: Any) -> tuple[str, Any]:
+        """Encode ``value``; raises :class:`SerializationError` at once (producer side)."""
+        if self.serializer == "json":
+            # Round-trip now so unencodable arguments fail at send time, not in the worker.
+            return "json", json.loads(dumps_json(value))
+        try:
+            return "pickle", base64.b64encode(pickle.dumps(value)).decode()
+        except Exception as exc:
+            raise SerializationError(f"cannot pickle: {exc}") from exc
+
+    def unpack(self, content_type: str, payload: Any) -> Any:
+        """Decode a payload; refuses content types not in ``accept_content``."""
+        if content_type not in self.accept:
+            raise MessageDecodeError(
+                f"content type {content_type!r} is not accepted (accept_content="
+                f"{sorted(self.accept)})")
+        if content_type == "json":
+            return payload
+        try:
+            return pickle.loads(base64.b64decode(payload))  # noqa: S301 - opted in explicitly
+        except Exception as exc:
+            raise MessageDecodeError(f"cannot unpickle payload: {exc}") from exc
+
+
+class Signer:
+    """HMAC-SHA256 signing of message bytes. With no key, messages pass through unchanged."""
+
+    def __init__(self, key: str | bytes | None) -> None:
+        self._key = key.encode() if isinstance(key, str) else key
+
+    @property
+    def enabled(self) -> bool:
+        """True when a signing key is configured."""
+        return bool(self._key)
+
+    def sign(self, body: bytes) -> bytes:
+        """Prefix ``body`` with its signature (unchanged when signing is off)."""
+        if not self._key:
+            return body
+        digest = hmac.new(self._key, body, hashlib.sha256).hexdigest().encode()
+        return _SIGNED_PREFIX + digest + b":" + body
+
+    def verify(self, data: bytes) -> bytes:
+        """Return the signed body; raise :class:`MessageDecodeError` if unsigned or forged."""
+        if not self._key:
+            if data.startswith(_SIGNED_PREFIX):
+                data = data.split(b":", 2)[2]
+            return data
+        if not data.startswith(_SIGNED_PREFIX):
+            raise MessageDecodeError("message is not signed but task_signing_key is set")
+        try:
+            _, digest, body = data.split(b":", 2)
+        except ValueError as exc:
+            raise MessageDecodeError("malformed signed message") from exc
+        expected = hmac.new(self._key, body, hashlib.sha256).hexdigest().encode()
+        if not hmac.compare_digest(digest, expected):
+            raise MessageDecodeError("message signature does not verify (forged or wrong key)")
+        return body

@@ -1,0 +1,181 @@
+"""Tasks: the decorated function, how it is sent, and how it asks to be retried."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from conveyor.exceptions import MaxRetriesExceededError, Retry
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+    from conveyor.canvas import Signature
+    from conveyor.result import AsyncResult, GroupResult
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass
+class Request:
+    """What a running task knows about its own invocation (``self.request`` when bound)."""
+
+    id: str
+    task: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    retries: int = 0
+    max_retries: int | None = None
+    queue: str | None = None
+    hostname: str | None = None
+    delivery_attempt: int = 1
+    eta: float | None = None
+    expires: float | None = None
+    #: Set by ``Task.retry`` when it refuses because retries are used up.
+    retries_exhausted: bool = False
+
+
+class Task(Generic[P, R]):
+    """A registered task. Calling it runs the function here; ``delay`` sends it to a worker."""
+
+    def __init__(self, app: Conveyor, fn: Callable[..., R], *, name: str, bind: bool = False,
+                 queue: str | None = None, max_retries: int | None | type[Ellipsis] = ...,
+                 default_retry_delay: float | None = None,
+                 autoretry_for: Sequence[type[BaseException]] = (),
+                 dont_autoretry_for: Sequence[type[BaseException]] = (),
+                 retry_backoff: bool | float = False, retry_backoff_max: float = 600.0,
+                 retry_jitter: bool = True, expires: float | None = None,
+                 ignore_result: bool = False, dead_letter_failures: bool | None = None) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.bind = bind
+        self.queue = queue
+        self.max_retries: int | None = (app.conf.task_default_max_retries
+                                        if max_retries is ... else max_retries)  # type: ignore[assignment]
+        self.default_retry_delay = (app.conf.task_default_retry_delay
+                                    if default_retry_delay is None else float(default_retry_delay))
+        self.autoretry_for = tuple(autoretry_for)
+        self.dont_autoretry_for = tuple(dont_autoretry_for)
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
+        self.retry_jitter = retry_jitter
+        self.expires = expires
+        self.ignore_result = ignore_result
+        self.dead_letter_failures = dead_letter_failures
+        self._local = threading.local()
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__module__ = getattr(fn, "__module__", __name__)
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    # -- running here -------------------------------------------------------------------
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the task body in this process (no broker, no retry handling)."""
+        if self.bind:
+            return self.fn(self, *args, **kwargs)
+        return self.fn(*args, **kwargs)
+
+    @property
+    def request(self) -> Request:
+        """The invocation being run by this thread (a blank one outside a worker)."""
+        req = getattr(self._local, "request", None)
+        return req if req is not None else Request(id="", task=self.name)
+
+    def _push_request(self, request: Request | None) -> None:
+        self._local.request = request
+
+    # -- sending --------------------------------------------------------------------------
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult:
+        """Send with positional and keyword arguments; returns an :class:`AsyncResult`."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(self, args: Iterable[Any] | None = None,
+                    kwargs: dict[str, Any] | None = None, *,
+                    countdown: float | None = None, eta: datetime | float | None = None,
+                    expires: datetime | float | None = None, queue: str | None = None,
+                    task_id: str | None = None, max_retries: int | None = None) -> AsyncResult:
+        """Send the task. ``countdown``: seconds from now; ``eta``: a datetime or epoch
+        seconds; ``expires``: seconds from now or a datetime after which it is not run.
+
+        Raises :class:`~conveyor.exceptions.TaskOptionError` for a negative countdown or an
+        eta/expires in the past and :class:`~conveyor.exceptions.SerializationError` for
+        arguments that cannot be encoded, before anything is sent.
+        """
+        return self.app.send_task(
+            self.name, args, kwargs, countdown=countdown, eta=eta,
+            expires=expires if expires is not None else self.expires,
+            queue=queue or self.queue, task_id=task_id, max_retries=max_retries)
+
+    def map(self, arguments: Iterable[Sequence[Any]], *,
+            queue: str | None = None) -> GroupResult:
+        """Send one task per argument tuple in one batch; returns a :class:`GroupResult`."""
+        from conveyor.canvas import group
+
+        return group(self.s(*args) for args in arguments).apply_async(queue=queue)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature: this task with (partial) arguments, for chains and groups."""
+        from conveyor.canvas import Signature
+
+        return Signature(self.name, args, kwargs, app=self.app)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: a chain does not prepend the previous result to it."""
+        from conveyor.canvas import Signature
+
+        return Signature(self.name, args, kwargs, immutable=True, app=self.app)
+
+    signature = s
+
+    # -- retrying -------------------------------------------------------------------------
+    def retry(self, *, exc: BaseException | None = None, countdown: float | None = None,
+              eta: datetime | float | None = None, max_retries: int | None = None) -> Retry:
+        """Ask for another attempt: ``raise self.retry(exc=exc, countdown=10)``.
+
+        Always raises. :class:`Retry` when a retry is allowed; when ``max_retries`` is used
+        up, ``exc`` itself if given (as Celery does) or :class:`MaxRetriesExceededError`.
+        """
+        req = self.request
+        limit = max_retries if max_retries is not None else (
+            req.max_retries if req.max_retries is not None else self.max_retries)
+        if limit is not None and req.retries >= limit:
+            req.retries_exhausted = True
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(
+                f"{self.name}[{req.id}] retried {req.retries} times, max_retries={limit}")
+        if eta is not None:
+            from conveyor.app import to_timestamp
+
+            delay = max(0.0, to_timestamp(eta) - time.time())
+        elif countdown is not None:
+            delay = float(countdown)
+        else:
+            delay = self.backoff_delay(req.retries)
+        raise Retry(exc=exc, when=delay, max_retries=max_retries)
+
+    def backoff_delay(self, retries: int) -> float:
+        """The delay before retry number ``retries + 1``: ``default_retry_delay``, or with
+        ``retry_backoff`` ``factor * 2**retries`` capped at ``retry_backoff_max`` and
+        jittered (uniform between 0 and the delay) when ``retry_jitter``."""
+        if not self.retry_backoff:
+            return self.default_retry_delay
+        factor = 1.0 if self.retry_backoff is True else float(self.retry_backoff)
+        delay = min(factor * (2 ** retries), self.retry_backoff_max)
+        if self.retry_jitter:
+            delay = random.uniform(0, delay)  # noqa: S311 - not for security
+        return delay
+
+    def should_autoretry(self, exc: BaseException) -> bool:
+        """True when ``exc`` matches ``autoretry_for`` and not ``dont_autoretry_for``."""
+        return (bool(self.autoretry_for) and isinstance(exc, self.autoretry_for)
+                and not (self.dont_autoretry_for and isinstance(exc, self.dont_autoretry_for)))

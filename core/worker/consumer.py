@@ -1,0 +1,204 @@
+"""One worker process: a fetch loop, a pool of executor threads, and a lease heartbeat.
+
+The fetch loop reserves straight from the broker (no IPC hop), never holding more than
+``concurrency * prefetch_multiplier`` messages. The heartbeat extends the lease of every
+held message, so a long task is never handed to a second worker while this one is alive,
+and a dead worker's messages come back after one short lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from conveyor.broker import Reservation
+from conveyor.exceptions import ConveyorError
+from conveyor.worker.runner import TaskRunner
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+log = logging.getLogger("conveyor.worker")
+
+
+def default_hostname() -> str:
+    """``host:pid``: names this worker in attempt histories."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Consumer:
+    """Consumes ``queues`` with ``concurrency`` threads until :meth:`stop` is called."""
+
+    def __init__(self, app: Conveyor, *, queues: list[str] | None = None,
+                 concurrency: int | None = None, prefetch_multiplier: int | None = None,
+                 hostname: str | None = None) -> None:
+        conf = app.conf
+        self.app = app
+        self.queues = queues or [conf.task_default_queue]
+        self.concurrency = max(1, concurrency or conf.worker_concurrency)
+        self.max_held = self.concurrency * max(1, prefetch_multiplier
+                                               or conf.worker_prefetch_multiplier)
+        self.hostname = hostname or default_hostname()
+        self.lease = conf.broker_visibility_timeout
+        self._stop = threading.Event()
+        self._abort = threading.Event()
+        self._held: dict[str, Reservation] = {}
+        self._held_lock = threading.Condition()
+        self._work: queue.Queue[Reservation | None] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self.runner = TaskRunner(app, hostname=self.hostname, stopping=self._abort.is_set)
+        self.processed = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def run(self) -> int:
+        """Consume until stopped; returns 0 after a graceful stop."""
+        self.app.conf.validate()
+        log.info("worker %s ready: broker=%s backend=%s queues=%s concurrency=%d",
+                 self.hostname, self.app.broker.url.masked, self.app.backend.url.masked,
+                 ",".join(self.queues), self.concurrency)
+        for i in range(self.concurrency):
+            self._spawn(self._execute_loop, f"conveyor-exec-{i}")
+        self._spawn(self._heartbeat_loop, "conveyor-heartbeat")
+        if not self.app.backend.capabilities.native_expiry:
+            self._spawn(self._cleanup_loop, "conveyor-cleanup")
+        try:
+            self._fetch_loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def stop(self) -> None:
+        """Graceful: stop reserving, finish running tasks, give back unstarted ones."""
+        self._stop.set()
+        with self._held_lock:
+            self._held_lock.notify_all()
+
+    def abort(self) -> None:
+        """Stop without waiting for running tasks (their leases will lapse)."""
+        self._abort.set()
+        self.stop()
+
+    def _spawn(self, target: object, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+        thread.start()
+        self._threads.append(thread)
+
+    # -- fetching -------------------------------------------------------------------------
+    def _fetch_loop(self) -> None:
+        broker = self.app.broker
+        pause = 0.1
+        failing_since: float | None = None
+        while not self._stop.is_set():
+            with self._held_lock:
+                while len(self._held) >= self.max_held and not self._stop.is_set():
+                    self._held_lock.wait(0.5)
+                free = self.max_held - len(self._held)
+            if self._stop.is_set():
+                break
+            try:
+                batch = broker.reserve(self.queues, lease=self.lease,
+                                       wait=self.app.conf.worker_poll_wait, limit=free)
+            except ConveyorError as exc:
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.error("broker unavailable (%s): retrying with backoff", exc)
+                else:
+                    log.warning("broker still unavailable after %.0fs: %s",
+                                time.monotonic() - failing_since, exc)
+                self._stop.wait(pause)
+                pause = min(pause * 2, 5.0)
+                continue
+            if failing_since is not None:
+                log.warning("broker reachable again after %.1fs",
+                            time.monotonic() - failing_since)
+                failing_since, pause = None, 0.1
+            if batch:
+                with self._held_lock:
+                    for res in batch:
+                        self._held[res.message_id] = res
+                for res in batch:
+                    self._work.put(res)
+
+    # -- executing ------------------------------------------------------------------------
+    def _execute_loop(self) -> None:
+        while True:
+            res = self._work.get()
+            if res is None:
+                return
+            try:
+                self.runner.handle(res)
+            except Exception:
+                # Not acked: the lease lapses and the message is delivered again.
+                log.exception("could not finish message %s; it will be redelivered",
+                              res.message_id)
+            finally:
+                with self._held_lock:
+                    self._held.pop(res.message_id, None)
+                    self.processed += 1
+                    self._held_lock.notify_all()
+
+    # -- heartbeat ------------------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        interval = self.app.conf.heartbeat_interval
+        broker = self.app.broker
+        while not self._abort.wait(interval):
+            with self._held_lock:
+                held = list(self._held.values())
+            for res in held:
+                try:
+                    if not broker.extend(res, lease=self.lease):
+                        log.warning("lease of %s lost; another worker may run it too",
+                                    res.message_id)
+                except ConveyorError as exc:
+                    log.warning("could not extend lease of %s: %s", res.message_id, exc)
+            if self._stop.is_set() and not held:
+                return
+
+    def _cleanup_loop(self) -> None:
+        interval = self.app.conf.result_cleanup_interval
+        while not self._stop.wait(interval):
+            try:
+                purged = self.app.backend.purge_expired()
+                if purged:
+                    log.info("purged %d expired results", purged)
+            except ConveyorError as exc:
+                log.warning("could not purge expired results: %s", exc)
+
+    # -- shutdown -------------------------------------------------------------------------
+    def _shutdown(self) -> None:
+        # Give back what was reserved but not started, so other workers take it now.
+        released = 0
+        while True:
+            try:
+                res = self._work.get_nowait()
+            except queue.Empty:
+                break
+            if res is None:
+                continue
+            try:
+                self.app.broker.nack(res)
+                released += 1
+            except ConveyorError as exc:
+                log.warning("could not release %s (its lease will lapse): %s",
+                            res.message_id, exc)
+            with self._held_lock:
+                self._held.pop(res.message_id, None)
+        if released:
+            log.info("released %d unstarted messages", released)
+        for _ in range(self.concurrency):
+            self._work.put(None)
+        deadline = time.monotonic() + self.app.conf.worker_shutdown_grace
+        with self._held_lock:
+            while self._held and not self._abort.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("%d tasks still running after the grace period; leaving them "
+                                "to be redelivered", len(self._held))
+                    break
+                self._held_lock.wait(min(left, 0.2))
+        self._abort.set()

@@ -1,0 +1,284 @@
+"""Runs one reserved message through its whole life: the core's guarantees live here.
+
+Order of effects, so that a crash at any point loses nothing:
+record the outcome in the backend -> send follow-ups (retry, next chain step) -> ack.
+A crash before the ack means the lease runs out and the message is delivered again; the
+first-terminal-write-wins rule then keeps the first outcome.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from conveyor.app import Outgoing
+from conveyor.broker import Reservation
+from conveyor.canvas import Signature
+from conveyor.exceptions import (
+    ConveyorError,
+    MessageDecodeError,
+    Reject,
+    Retry,
+    SerializationError,
+    describe,
+)
+from conveyor.message import Message
+from conveyor.record import Attempt, TaskRecord
+from conveyor.states import FAILURE, RETRY, REVOKED, STARTED, SUCCESS
+from conveyor.task import Request, Task
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+log = logging.getLogger("conveyor.worker")
+T = TypeVar("T")
+
+#: How long to keep retrying a backend/broker write before giving the message up to
+#: redelivery (the lease is extended meanwhile, so nothing is lost either way).
+WRITE_PATIENCE = 120.0
+
+
+class TaskRunner:
+    """Handles reservations for one worker process. Thread-safe: keeps no per-message state."""
+
+    def __init__(self, app: Conveyor, *, hostname: str,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
+        self.app = app
+        self.hostname = hostname
+        self._stopping = stopping
+
+    # -- entry point ----------------------------------------------------------------------
+    def handle(self, res: Reservation) -> None:
+        """Run ``res`` to completion: decode, check, run, record, follow up, ack."""
+        app = self.app
+        try:
+            msg = Message.decode(res.body, app.signer)
+        except MessageDecodeError as exc:
+            self._dead_letter(res, f"undecodable message: {exc}")
+            return
+        now = time.time()
+        if msg.eta is not None and msg.eta - now > 0.5:
+            # The broker's max_delay cut the delay short: send it on its next hop.
+            self._reliably(lambda: app.enqueue([Outgoing(msg, res.queue, msg.eta - now)]))  # type: ignore[operator]
+            self._ack(res)
+            return
+        task = app.tasks.get(msg.task)
+        if task is None:
+            reason = (f"unknown task {msg.task!r}: the worker does not know it; make sure "
+                      "the module defining it is imported by the app given with -A")
+            self._finish_rejected(res, msg, reason, "conveyor.exceptions.NotRegisteredError")
+            return
+        if msg.expires is not None and now > msg.expires:
+            self._store(self._record(msg, res, REVOKED, error=(
+                "conveyor.exceptions.TaskRevokedError",
+                f"expired at {msg.expires:.3f}, {now - msg.expires:.1f}s before it could run")))
+            self._ack(res)
+            return
+        try:
+            args, kwargs = msg.arguments(app.task_codec)
+            self._check_signature(task, args, kwargs)
+        except (MessageDecodeError, TypeError) as exc:
+            self._finish_rejected(res, msg, f"bad arguments for {msg.task}: {exc}",
+                                  f"{type(exc).__module__}.{type(exc).__qualname__}")
+            return
+        self._run(res, msg, task, args, kwargs)
+
+    # -- running --------------------------------------------------------------------------
+    def _run(self, res: Reservation, msg: Message, task: Task[Any, Any], args: list[Any],
+             kwargs: dict[str, Any]) -> None:
+        app = self.app
+        history = list(msg.history)
+        # Deliveries before this one ended without an outcome: their worker died or lost
+        # its lease. Record them so the history shows what happened.
+        for _ in range(res.attempts - 1):
+            history.append(asdict(Attempt(len(history) + 1, None, None, outcome="lost")))
+        attempt = Attempt(len(history) + 1, self.hostname, time.time())
+        if app.conf.task_track_started:
+            started = self._record(msg, res, STARTED, attempts=[*history, asdict(attempt)])
+            if not self._store(started):
+                # A terminal record exists: an earlier delivery finished but was not acked.
+                log.info("task %s[%s] already finished; acking the duplicate", msg.task, msg.id)
+                self._ack(res)
+                return
+        if not app.conf.task_acks_late:
+            self._ack(res)
+        request = Request(id=msg.id, task=msg.task, args=args, kwargs=kwargs,
+                          retries=msg.retries, max_retries=msg.max_retries, queue=res.queue,
+                          hostname=self.hostname, delivery_attempt=res.attempts,
+                          eta=msg.eta, expires=msg.expires)
+        task._push_request(request)
+        try:
+            value = task.fn(task, *args, **kwargs) if task.bind else task.fn(*args, **kwargs)
+        except Retry as signal:
+            self._retry(res, msg, task, history, attempt, signal, signal.exc)
+            return
+        except Reject as exc:
+            attempt = self._close(attempt, "rejected", exc)
+            self._finish_rejected(res, msg, f"rejected by task: {exc.reason}",
+                                  describe(exc)["type"], history=[*history, asdict(attempt)])
+            return
+        except Exception as exc:
+            tb = traceback.format_exc()
+            if task.should_autoretry(exc) and not request.retries_exhausted:
+                try:
+                    task.retry(exc=exc, countdown=task.backoff_delay(msg.retries))
+                except Retry as signal:
+                    self._retry(res, msg, task, history, attempt, signal, exc)
+                    return
+                except BaseException:  # noqa: S110 - retries used up: fall through to FAILURE
+                    pass
+            self._fail(res, msg, task, history, attempt, exc, tb,
+                       exhausted=request.retries_exhausted)
+            return
+        finally:
+            task._push_request(None)
+        self._succeed(res, msg, task, history, attempt, value)
+
+    def _succeed(self, res: Reservation, msg: Message, task: Task[Any, Any],
+                 history: list[dict[str, Any]], attempt: Attempt, value: Any) -> None:
+        try:
+            result_type, packed = self.app.result_codec.pack(value)
+        except SerializationError as exc:
+            self._fail(res, msg, task, history, attempt, exc, None, exhausted=False)
+            return
+        attempt = self._close(attempt, "success")
+        record = self._record(msg, res, SUCCESS, attempts=[*history, asdict(attempt)])
+        record.result, record.result_type = (None, "json") if task.ignore_result else (
+            packed, result_type)
+        self._store(record)
+        if msg.callbacks:
+            nxt = Signature.from_dict(msg.callbacks[0], app=self.app).clone((value,))
+            out = self.app.build_message(
+                nxt.task, nxt.args, nxt.kwargs, **nxt.options, callbacks=msg.callbacks[1:],
+                chain_ids=msg.chain_ids[1:], parent=msg.id)
+            # The PENDING record was written when the chain was sent; only enqueue here.
+            self._reliably(lambda: self.app.enqueue([out]))
+        self._ack(res)
+
+    def _retry(self, res: Reservation, msg: Message, task: Task[Any, Any],
+               history: list[dict[str, Any]], attempt: Attempt, signal: Retry,
+               exc: BaseException | None) -> None:
+        delay = max(0.0, signal.when if signal.when is not None else task.default_retry_delay)
+        attempt = self._close(attempt, "retry", exc)
+        attempts = [*history, asdict(attempt)]
+        nxt = replace(msg, retries=msg.retries + 1, eta=time.time() + delay, history=attempts,
+                      max_retries=signal.max_retries if signal.max_retries is not None
+                      else msg.max_retries)
+        record = self._record(nxt, res, RETRY, attempts=attempts,
+                              error=self._error(exc) if exc else None)
+        log.info("task %s[%s] retry %d in %.1fs: %s", msg.task, msg.id, nxt.retries, delay,
+                 exc and describe(exc)["message"])
+        # RETRY is stored before the next attempt exists, so it never overwrites its STARTED.
+        self._store(record)
+        self._reliably(lambda: self.app.enqueue([Outgoing(nxt, res.queue, delay)]))
+        self._ack(res)
+
+    def _fail(self, res: Reservation, msg: Message, task: Task[Any, Any],
+              history: list[dict[str, Any]], attempt: Attempt, exc: BaseException,
+              tb: str | None, *, exhausted: bool) -> None:
+        attempt = self._close(attempt, "failure", exc)
+        record = self._record(msg, res, FAILURE, attempts=[*history, asdict(attempt)],
+                              error=self._error(exc), traceback_text=tb)
+        dead = exhausted or (task.dead_letter_failures if task.dead_letter_failures is not None
+                             else self.app.conf.task_dead_letter_failures)
+        if exhausted:
+            record.dead_letter_reason = (f"max retries exceeded ({msg.retries}): "
+                                         f"{describe(exc)['type']}: {exc}")
+        elif dead:
+            record.dead_letter_reason = f"failed: {describe(exc)['type']}: {exc}"
+        log.warning("task %s[%s] failed: %s: %s", msg.task, msg.id, type(exc).__name__, exc)
+        # Dead-letter before recording FAILURE: a redelivery after a crash in between finds
+        # no terminal record and does the work again, instead of acking a message whose
+        # dead letter was never written.
+        if record.dead_letter_reason:
+            self._dead_letter(res, record.dead_letter_reason)
+        self._store(record)
+        self._break_chain(msg, f"parent task {msg.task}[{msg.id}] failed: {exc}")
+        if not record.dead_letter_reason:
+            self._ack(res)
+
+    def _finish_rejected(self, res: Reservation, msg: Message, reason: str, error_type: str,
+                         *, history: list[dict[str, Any]] | None = None) -> None:
+        """FAILURE in the backend, the message in the dead-letter queue with ``reason``."""
+        record = self._record(msg, res, FAILURE, attempts=history or list(msg.history),
+                              error=(error_type, reason))
+        record.dead_letter_reason = reason
+        self._dead_letter(res, reason)
+        self._store(record)
+        self._break_chain(msg, f"parent task {msg.task}[{msg.id}] was dead-lettered: {reason}")
+
+    def _break_chain(self, msg: Message, why: str) -> None:
+        for task_id, callback in zip(msg.chain_ids, msg.callbacks, strict=False):
+            self._store(TaskRecord(task_id, FAILURE, task=callback.get("task"), parent=msg.id,
+                                   error_type="conveyor.exceptions.TaskError",
+                                   error_message=why, date_done=time.time(),
+                                   updated_at=time.time()))
+
+    # -- helpers --------------------------------------------------------------------------
+    @staticmethod
+    def _check_signature(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> None:
+        try:
+            sig = inspect.signature(task.fn)
+        except (TypeError, ValueError):
+            return
+        if task.bind:
+            sig.bind(None, *args, **kwargs)
+        else:
+            sig.bind(*args, **kwargs)
+
+    @staticmethod
+    def _close(attempt: Attempt, outcome: str, exc: BaseException | None = None) -> Attempt:
+        error = describe(exc) if exc is not None else {"type": None, "message": None}
+        return replace(attempt, finished_at=time.time(), outcome=outcome,
+                       error_type=error["type"], error_message=error["message"])
+
+    @staticmethod
+    def _error(exc: BaseException) -> tuple[str, str]:
+        info = describe(exc)
+        return info["type"], info["message"]
+
+    def _record(self, msg: Message, res: Reservation, state: str, *,
+                attempts: list[dict[str, Any]] | None = None,
+                error: tuple[str, str] | None = None,
+                traceback_text: str | None = None) -> TaskRecord:
+        now = time.time()
+        return TaskRecord(
+            msg.id, str(state), task=msg.task, queue=res.queue, retries=msg.retries,
+            attempts=attempts if attempts is not None else list(msg.history),
+            worker=self.hostname, updated_at=now,
+            date_done=now if state in (SUCCESS, FAILURE, REVOKED) else None,
+            parent=msg.parent, group=msg.group,
+            error_type=error[0] if error else None, error_message=error[1] if error else None,
+            traceback=traceback_text)
+
+    def _store(self, record: TaskRecord) -> bool:
+        stored = record.to_stored()
+        ttl = self.app.conf.result_expires
+        return self._reliably(lambda: self.app.backend.store(stored, ttl=ttl))
+
+    def _ack(self, res: Reservation) -> None:
+        self._reliably(lambda: self.app.broker.ack(res))
+
+    def _dead_letter(self, res: Reservation, reason: str) -> None:
+        log.error("message %s on %r dead-lettered: %s", res.message_id, res.queue, reason)
+        self._reliably(lambda: self.app.broker.dead_letter(res, reason=reason))
+
+    def _reliably(self, op: Callable[[], T]) -> T:
+        """Run a broker/backend write, retrying retryable errors with backoff for up to
+        :data:`WRITE_PATIENCE` seconds (the heartbeat keeps the lease meanwhile)."""
+        deadline = time.monotonic() + WRITE_PATIENCE
+        pause = 0.1
+        while True:
+            try:
+                return op()
+            except ConveyorError as exc:
+                if not exc.retryable or time.monotonic() > deadline or self._stopping():
+                    raise
+                log.warning("write failed (%s); retrying in %.1fs", exc, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
