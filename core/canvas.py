@@ -111,9 +111,11 @@ class chain:  # noqa: N801 - Celery's name
         app = self.tasks[0]._app()
         ids = [str(sig.options.get("task_id") or uuid.uuid4()) for sig in self.tasks]
         callbacks = []
+        # Later steps are sent by a worker, whose default queue may differ: fix it now.
+        default_queue = options.get("queue") or app.conf.task_default_queue
         for sig, task_id in zip(self.tasks[1:], ids[1:], strict=True):
             data = sig.to_dict()
-            data["options"] = {**data["options"], "task_id": task_id}
+            data["options"] = {"queue": default_queue, **data["options"], "task_id": task_id}
             callbacks.append(data)
         first = self.tasks[0].clone(args, kwargs)
         out = app.build_message(first.task, first.args, first.kwargs,

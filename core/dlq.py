@@ -64,10 +64,12 @@ def replay(app: Conveyor, letters: Iterable[DeadLetter],
         except MessageDecodeError:
             app.broker.enqueue(letter.queue, letter.body)
         else:
-            fresh = replace(msg, retries=0, eta=None, expires=None)
+            old = app.record(msg.id)
+            history = old.attempts if old is not None and old.attempts else msg.history
+            fresh = replace(msg, retries=0, eta=None, expires=None, history=history)
             app.backend.forget(msg.id)
             app.backend.store(TaskRecord(msg.id, PENDING, task=msg.task, queue=letter.queue,
-                                         attempts=msg.history).to_stored(),
+                                         attempts=history).to_stored(),
                               ttl=app.conf.result_expires)
             app.enqueue([Outgoing(fresh, letter.queue, 0.0)])
         app.broker.delete_dead(letter.queue, [letter.message_id])
