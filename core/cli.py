@@ -25,7 +25,7 @@ from conveyor.app import Conveyor
 from conveyor.exceptions import ConfigurationError, ConveyorError
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 class AppLoadError(ConfigurationError):

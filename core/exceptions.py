@@ -74,7 +74,7 @@ class ImproperlyConfiguredError(ConfigurationError):
     """Settings contradict each other."""
 
 
-class TimeoutError(ConveyorError, builtins.TimeoutError):  # noqa: A001 - shadows on purpose
+class TimeoutError(ConveyorError, builtins.TimeoutError):
     """``AsyncResult.get`` waited longer than its timeout."""
 
 

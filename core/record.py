@@ -84,6 +84,6 @@ class TaskRecord:
                 exc = obj(message)
                 if str(exc) == message:
                     return exc
-        except Exception:  # noqa: S110 - any failure means "cannot rebuild"; fall through
+        except Exception:
             pass
         return RemoteTaskError(type_name, message)

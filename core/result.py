@@ -158,7 +158,7 @@ class AsyncResult:
 class GroupResult:
     """The results of several tasks, in the order they were given."""
 
-    def __init__(self, results: list[AsyncResult], *, id: str | None = None) -> None:  # noqa: A002
+    def __init__(self, results: list[AsyncResult], *, id: str | None = None) -> None:
         self.results = results
         self.id = id
 

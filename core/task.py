@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from conveyor.exceptions import MaxRetriesExceededError, Retry
@@ -44,7 +45,7 @@ class Task(Generic[P, R]):
     """A registered task. Calling it runs the function here; ``delay`` sends it to a worker."""
 
     def __init__(self, app: Conveyor, fn: Callable[..., R], *, name: str, bind: bool = False,
-                 queue: str | None = None, max_retries: int | None | type[Ellipsis] = ...,
+                 queue: str | None = None, max_retries: int | type[Ellipsis] | None = ...,
                  default_retry_delay: float | None = None,
                  autoretry_for: Sequence[type[BaseException]] = (),
                  dont_autoretry_for: Sequence[type[BaseException]] = (),
@@ -56,8 +57,9 @@ class Task(Generic[P, R]):
         self.name = name
         self.bind = bind
         self.queue = queue
+        # ``...`` means "not given": take the app's default; None means "retry forever".
         self.max_retries: int | None = (app.conf.task_default_max_retries
-                                        if max_retries is ... else max_retries)  # type: ignore[assignment]
+                                        if isinstance(max_retries, EllipsisType) else max_retries)
         self.default_retry_delay = (app.conf.task_default_retry_delay
                                     if default_retry_delay is None else float(default_retry_delay))
         self.autoretry_for = tuple(autoretry_for)
@@ -172,7 +174,7 @@ class Task(Generic[P, R]):
         factor = 1.0 if self.retry_backoff is True else float(self.retry_backoff)
         delay = min(factor * (2 ** retries), self.retry_backoff_max)
         if self.retry_jitter:
-            delay = random.uniform(0, delay)  # noqa: S311 - not for security
+            delay = random.uniform(0, delay)
         return delay
 
     def should_autoretry(self, exc: BaseException) -> bool:

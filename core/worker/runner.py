@@ -13,7 +13,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from conveyor.app import Outgoing
@@ -43,6 +43,18 @@ T = TypeVar("T")
 WRITE_PATIENCE = 120.0
 
 
+@dataclass
+class Job:
+    """One delivery being run: the reservation, its message, the task, the attempts so far
+    and the attempt in progress."""
+
+    res: Reservation
+    msg: Message
+    task: Task[Any, Any]
+    history: list[dict[str, Any]]
+    attempt: Attempt
+
+
 class TaskRunner:
     """Handles reservations for one worker process. Thread-safe: keeps no per-message state."""
 
@@ -62,9 +74,10 @@ class TaskRunner:
             self._dead_letter(res, f"undecodable message: {exc}")
             return
         now = time.time()
-        if msg.eta is not None and msg.eta - now > 0.5:
+        early = (msg.eta - now) if msg.eta is not None else 0.0
+        if early > 0.5:
             # The broker's max_delay cut the delay short: send it on its next hop.
-            self._reliably(lambda: app.enqueue([Outgoing(msg, res.queue, msg.eta - now)]))  # type: ignore[operator]
+            self._reliably(lambda: app.enqueue([Outgoing(msg, res.queue, early)]))
             self._ack(res)
             return
         task = app.tasks.get(msg.task)
@@ -97,9 +110,9 @@ class TaskRunner:
         # its lease. Record them so the history shows what happened.
         for _ in range(res.attempts - 1):
             history.append(asdict(Attempt(len(history) + 1, None, None, outcome="lost")))
-        attempt = Attempt(len(history) + 1, self.hostname, time.time())
+        job = Job(res, msg, task, history, Attempt(len(history) + 1, self.hostname, time.time()))
         if app.conf.task_track_started:
-            started = self._record(msg, res, STARTED, attempts=[*history, asdict(attempt)])
+            started = self._record(msg, res, STARTED, attempts=[*history, asdict(job.attempt)])
             if not self._store(started):
                 # A terminal record exists: an earlier delivery finished but was not acked.
                 log.info("task %s[%s] already finished; acking the duplicate", msg.task, msg.id)
@@ -115,10 +128,10 @@ class TaskRunner:
         try:
             value = task.fn(task, *args, **kwargs) if task.bind else task.fn(*args, **kwargs)
         except Retry as signal:
-            self._retry(res, msg, task, history, attempt, signal, signal.exc)
+            self._retry(job, signal, signal.exc)
             return
         except Reject as exc:
-            attempt = self._close(attempt, "rejected", exc)
+            attempt = self._close(job.attempt, "rejected", exc)
             self._finish_rejected(res, msg, f"rejected by task: {exc.reason}",
                                   describe(exc)["type"], history=[*history, asdict(attempt)])
             return
@@ -128,26 +141,25 @@ class TaskRunner:
                 try:
                     task.retry(exc=exc, countdown=task.backoff_delay(msg.retries))
                 except Retry as signal:
-                    self._retry(res, msg, task, history, attempt, signal, exc)
+                    self._retry(job, signal, exc)
                     return
-                except BaseException:  # noqa: S110 - retries used up: fall through to FAILURE
+                except BaseException:  # retries used up: fall through to FAILURE
                     pass
-            self._fail(res, msg, task, history, attempt, exc, tb,
-                       exhausted=request.retries_exhausted)
+            self._fail(job, exc, tb, exhausted=request.retries_exhausted)
             return
         finally:
             task._push_request(None)
-        self._succeed(res, msg, task, history, attempt, value)
+        self._succeed(job, value)
 
-    def _succeed(self, res: Reservation, msg: Message, task: Task[Any, Any],
-                 history: list[dict[str, Any]], attempt: Attempt, value: Any) -> None:
+    def _succeed(self, job: Job, value: Any) -> None:
+        msg, res, task = job.msg, job.res, job.task
         try:
             result_type, packed = self.app.result_codec.pack(value)
         except SerializationError as exc:
-            self._fail(res, msg, task, history, attempt, exc, None, exhausted=False)
+            self._fail(job, exc, None, exhausted=False)
             return
-        attempt = self._close(attempt, "success")
-        record = self._record(msg, res, SUCCESS, attempts=[*history, asdict(attempt)])
+        attempt = self._close(job.attempt, "success")
+        record = self._record(msg, res, SUCCESS, attempts=[*job.history, asdict(attempt)])
         record.result, record.result_type = (None, "json") if task.ignore_result else (
             packed, result_type)
         self._store(record)
@@ -160,12 +172,11 @@ class TaskRunner:
             self._reliably(lambda: self.app.enqueue([out]))
         self._ack(res)
 
-    def _retry(self, res: Reservation, msg: Message, task: Task[Any, Any],
-               history: list[dict[str, Any]], attempt: Attempt, signal: Retry,
-               exc: BaseException | None) -> None:
-        delay = max(0.0, signal.when if signal.when is not None else task.default_retry_delay)
-        attempt = self._close(attempt, "retry", exc)
-        attempts = [*history, asdict(attempt)]
+    def _retry(self, job: Job, signal: Retry, exc: BaseException | None) -> None:
+        msg, res = job.msg, job.res
+        delay = max(0.0, signal.when if signal.when is not None else job.task.default_retry_delay)
+        attempt = self._close(job.attempt, "retry", exc)
+        attempts = [*job.history, asdict(attempt)]
         nxt = replace(msg, retries=msg.retries + 1, eta=time.time() + delay, history=attempts,
                       max_retries=signal.max_retries if signal.max_retries is not None
                       else msg.max_retries)
@@ -178,11 +189,10 @@ class TaskRunner:
         self._reliably(lambda: self.app.enqueue([Outgoing(nxt, res.queue, delay)]))
         self._ack(res)
 
-    def _fail(self, res: Reservation, msg: Message, task: Task[Any, Any],
-              history: list[dict[str, Any]], attempt: Attempt, exc: BaseException,
-              tb: str | None, *, exhausted: bool) -> None:
-        attempt = self._close(attempt, "failure", exc)
-        record = self._record(msg, res, FAILURE, attempts=[*history, asdict(attempt)],
+    def _fail(self, job: Job, exc: BaseException, tb: str | None, *, exhausted: bool) -> None:
+        msg, res, task = job.msg, job.res, job.task
+        attempt = self._close(job.attempt, "failure", exc)
+        record = self._record(msg, res, FAILURE, attempts=[*job.history, asdict(attempt)],
                               error=self._error(exc), traceback_text=tb)
         dead = exhausted or (task.dead_letter_failures if task.dead_letter_failures is not None
                              else self.app.conf.task_dead_letter_failures)

@@ -29,7 +29,7 @@ class Supervisor:
 
     def _start(self, slot: int) -> None:
         cmd = [sys.executable, "-m", "conveyor", *self.child_args]
-        self.children[slot] = subprocess.Popen(cmd)  # noqa: S603 - our own interpreter
+        self.children[slot] = subprocess.Popen(cmd)
         log.info("started worker process %d (pid %d)", slot, self.children[slot].pid)  # type: ignore[union-attr]
 
     def handle_signal(self, signum: int, _frame: object) -> None:
