@@ -1,0 +1,259 @@
+"""``sqlite:///file.db``, ``postgresql+psycopg://...``, ``mysql+pymysql://...``: a SQL broker.
+
+One row per message (see :mod:`conveyor.sqlstore` for the tables). A message is *ready* when
+``available_at <= now``, *delayed* when later and it has no lease, *reserved* when later and it
+has a ``lease_token``. Reserving sets ``available_at = now + lease`` and a fresh token, so a
+lease that runs out simply makes the message ready again: no sweeper process is needed. Every
+change to a reserved message matches its token, so a stale reservation changes nothing.
+
+Claims are atomic: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL and MySQL 8 / MariaDB 10.6+
+(consumers skip each other's rows instead of waiting), ``BEGIN IMMEDIATE`` on SQLite (one
+writer at a time, safe for several processes on one file in WAL mode).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+
+from conveyor.broker import Broker, BrokerCapabilities, DeadLetter, QueueStats, Reservation
+from conveyor.exceptions import ConfigurationError
+from conveyor.sqlstore import SQLStore, backoff
+from conveyor.url import URL
+
+_ID_LOCK = threading.Lock()
+_last_ns = 0
+
+
+def _new_ids(count: int) -> list[str]:
+    """Unique ids that sort by creation time within a process (ties of ``available_at``
+    are broken by id, which keeps delivery close to FIFO)."""
+    global _last_ns
+    with _ID_LOCK:
+        start = max(time.time_ns(), _last_ns + 1)
+        _last_ns = start + count - 1
+    return [f"{start + i:016x}{secrets.token_hex(8)}" for i in range(count)]
+
+
+class SQLBroker(Broker):
+    """A broker on SQLite, PostgreSQL or MySQL/MariaDB through SQLAlchemy Core.
+
+    Options: ``table_prefix`` (default ``conveyor_``, a lower-case identifier),
+    ``poll_interval`` (longest pause between polls while waiting, default 0.2 s),
+    ``pool_size`` (connections kept per process, default 10).
+    On PostgreSQL a waiting ``reserve`` wakes on ``NOTIFY`` within milliseconds.
+    """
+
+    capabilities: ClassVar[BrokerCapabilities] = BrokerCapabilities(time_resolution=0.001)
+
+    def __init__(self, url: URL, *, table_prefix: str = "conveyor_",
+                 poll_interval: float = 0.2, pool_size: int = 10, **options: Any) -> None:
+        super().__init__(url)
+        if options:
+            raise ConfigurationError(
+                f"unknown option(s) for the SQL broker: {', '.join(sorted(options))}")
+        if not poll_interval > 0:
+            raise ConfigurationError(f"poll_interval must be > 0 seconds, not {poll_interval!r}")
+        self.poll_interval = float(poll_interval)
+        self._db = SQLStore(url, "broker", table_prefix=table_prefix, pool_size=pool_size)
+        self._t = self._db.tables.messages
+        self._dead = self._db.tables.dead
+
+    # -- producing ------------------------------------------------------------------------
+    def enqueue(self, queue: str, message: bytes, *, delay: float = 0.0) -> str:
+        """Insert one message; durable (committed) when it returns."""
+        return self.enqueue_many(queue, [message], delay=delay)[0]
+
+    def enqueue_many(self, queue: str, messages: Sequence[bytes], *,
+                     delay: float = 0.0) -> list[str]:
+        """Insert all messages in one transaction: all are stored or none."""
+        if not messages:
+            return []
+        ids = _new_ids(len(messages))
+        now = self._db.now()
+        stmt = self._t.insert().values(available_at=now + max(float(delay), 0.0),
+                                       enqueued_at=now, attempts=0)
+        rows = [{"id": i, "queue": queue, "body": bytes(m)}
+                for i, m in zip(ids, messages, strict=True)]
+        with self._db.begin() as conn:
+            conn.execute(stmt, rows)
+            if delay <= 0:
+                self._db.notify(conn, "messages", queue)
+        return ids
+
+    # -- consuming ------------------------------------------------------------------------
+    def reserve(self, queues: Sequence[str], *, lease: float, wait: float = 0.0,
+                limit: int = 1) -> list[Reservation]:
+        """Claim up to ``limit`` ready messages, earlier queues first, atomically.
+
+        While waiting, PostgreSQL sleeps until a NOTIFY from ``enqueue``/``nack``; the others
+        poll with backoff (10 ms doubling to ``poll_interval``). Either way a wait also ends
+        when the next delayed message or lease is due.
+        """
+        if isinstance(queues, str):
+            queues = [queues]
+        deadline = time.monotonic() + max(wait, 0.0)
+        pause = backoff(0.01, self.poll_interval)
+        listener = self._db.listener("messages") if wait > 0 else None
+        while True:
+            seen = listener.generation if listener is not None else 0
+            taken = self._claim(queues, lease, limit)
+            left = deadline - time.monotonic()
+            if taken or left <= 0:
+                return taken
+            due = self._seconds_until_due(queues)
+            if listener is not None and listener.alive:
+                listener.wait(seen, min(left, due, 5.0))
+            else:
+                time.sleep(max(min(left, due, pause()), 0.001))
+
+    def _claim(self, queues: Sequence[str], lease: float, limit: int) -> list[Reservation]:
+        t = self._t
+        token = secrets.token_hex(16)
+        now = self._db.now()
+        taken: list[Reservation] = []
+        with self._db.begin() as conn:
+            for queue in queues:
+                want = limit - len(taken)
+                if want <= 0:
+                    break
+                pick = (sa.select(t.c.id).where(t.c.queue == queue, t.c.available_at <= now)
+                        .order_by(t.c.available_at, t.c.id).limit(want)
+                        .with_for_update(skip_locked=True))
+                claim = t.update().values(available_at=now + lease, lease_token=token,
+                                          attempts=t.c.attempts + 1)
+                if self._db.dialect == "mysql":
+                    # MySQL cannot UPDATE a table it selects from, nor UPDATE ... RETURNING.
+                    rows = conn.execute(pick.add_columns(t.c.body, t.c.attempts)).all()
+                    if rows:
+                        conn.execute(claim.where(t.c.id.in_([r.id for r in rows])))
+                    got = [(r.id, r.body, r.attempts + 1) for r in rows]
+                else:
+                    done = conn.execute(claim.where(t.c.id.in_(pick.scalar_subquery()))
+                                        .returning(t.c.id, t.c.body, t.c.attempts)).all()
+                    got = sorted((r.id, r.body, r.attempts) for r in done)
+                taken += [Reservation(queue, mid, bytes(body), attempts, receipt=token)
+                          for mid, body, attempts in got]
+        return taken
+
+    def _seconds_until_due(self, queues: Sequence[str]) -> float:
+        """Seconds until the earliest delayed message or lease of ``queues`` (inf if none)."""
+        t = self._t
+        with self._db.begin(read=True) as conn:
+            gap = conn.scalar(sa.select(sa.func.min(t.c.available_at)
+                                              - self._db.now())
+                              .where(t.c.queue.in_(list(queues))))
+        return float("inf") if gap is None else max(float(gap), 0.001)
+
+    def _held(self, reservation: Reservation) -> Any:
+        t = self._t
+        return (t.c.id == reservation.message_id) & (t.c.lease_token == reservation.receipt)
+
+    def ack(self, reservation: Reservation) -> None:
+        """Delete the message if it still carries this reservation's token. Idempotent."""
+        with self._db.begin() as conn:
+            conn.execute(self._t.delete().where(self._held(reservation)))
+
+    def nack(self, reservation: Reservation, *, delay: float = 0.0) -> None:
+        """Release the lease; ready again after ``delay``. No-op once re-delivered elsewhere."""
+        now = self._db.now()
+        with self._db.begin() as conn:
+            done = conn.execute(self._t.update().where(self._held(reservation))
+                                .values(available_at=now + max(float(delay), 0.0),
+                                        lease_token=None))
+            if done.rowcount and delay <= 0:
+                self._db.notify(conn, "messages", reservation.queue)
+
+    def extend(self, reservation: Reservation, *, lease: float) -> bool:
+        """Push the lease to ``lease`` seconds from now; False if it already ran out."""
+        t = self._t
+        now = self._db.now()
+        with self._db.begin() as conn:
+            done = conn.execute(t.update().where(self._held(reservation), t.c.available_at > now)
+                                .values(available_at=now + lease))
+            return bool(done.rowcount == 1)
+
+    def dead_letter(self, reservation: Reservation, *, reason: str) -> None:
+        """Copy the message into the dead table and delete it, in one transaction.
+
+        If the lease was lost meanwhile, the message stays queued as well (a duplicate,
+        never a loss)."""
+        d = self._dead
+        with self._db.begin() as conn:
+            conn.execute(d.delete().where(d.c.id == reservation.message_id))
+            conn.execute(d.insert().values(id=reservation.message_id, queue=reservation.queue,
+                                           body=reservation.body, reason=str(reason),
+                                           dead_at=self._db.now()))
+            conn.execute(self._t.delete().where(self._held(reservation)))
+
+    # -- administration -------------------------------------------------------------------
+    def dead_letters(self, queue: str, *, limit: int = 100) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters of ``queue``."""
+        d = self._dead
+        with self._db.begin(read=True) as conn:
+            rows = conn.execute(sa.select(d.c.id, d.c.body, d.c.reason, d.c.dead_at)
+                                .where(d.c.queue == queue)
+                                .order_by(d.c.dead_at, d.c.id).limit(limit)).all()
+        return [DeadLetter(queue, r.id, bytes(r.body), r.reason, float(r.dead_at))
+                for r in rows]
+
+    def delete_dead(self, queue: str, message_ids: Iterable[str] | None = None) -> int:
+        """Delete the named dead letters of ``queue`` (all when None); return how many."""
+        d = self._dead
+        stmt = d.delete().where(d.c.queue == queue)
+        if message_ids is not None:
+            ids = list(message_ids)
+            if not ids:
+                return 0
+            stmt = stmt.where(d.c.id.in_(ids))
+        with self._db.begin() as conn:
+            return int(conn.execute(stmt).rowcount)
+
+    def purge(self, queue: str) -> int:
+        """Delete the ready and delayed messages of ``queue``; reserved ones stay."""
+        t = self._t
+        now = self._db.now()
+        with self._db.begin() as conn:
+            done = conn.execute(t.delete().where(
+                t.c.queue == queue,
+                t.c.lease_token.is_(None) | (t.c.available_at <= now)))
+            return int(done.rowcount)
+
+    def stats(self, queue: str) -> QueueStats:
+        """Exact counts, from one consistent read."""
+        t, d = self._t, self._dead
+        now = self._db.now()
+
+        def count(cond: Any) -> Any:
+            return sa.func.coalesce(sa.func.sum(sa.case((cond, 1), else_=0)), 0)
+
+        later = t.c.available_at > now
+        query = sa.select(count(t.c.available_at <= now),
+                          count(later & t.c.lease_token.is_(None)),
+                          count(later & t.c.lease_token.is_not(None))).where(t.c.queue == queue)
+        dead = sa.select(sa.func.count()).select_from(d).where(d.c.queue == queue)
+        with self._db.begin(read=True) as conn:
+            ready, delayed, reserved = conn.execute(query).one()
+            dead_count = conn.scalar(dead)
+        return QueueStats(queue, int(ready), int(delayed), int(reserved), int(dead_count or 0))
+
+    def queues(self) -> list[str]:
+        """Queues that have messages or dead letters."""
+        t, d = self._t, self._dead
+        query = sa.union(sa.select(t.c.queue).distinct(), sa.select(d.c.queue).distinct())
+        with self._db.begin(read=True) as conn:
+            return sorted(conn.scalars(query).all())
+
+    def ping(self) -> None:
+        """One round trip to the database; raises ConnectionLostError/AuthenticationError."""
+        with self._db.begin(read=True) as conn:
+            conn.execute(sa.select(1))
+
+    def close(self) -> None:
+        """Release this broker's connections. Idempotent."""
+        self._db.close()

@@ -1,0 +1,474 @@
+"""What the SQL broker and result backend share: engines, tables, schema, clock and errors.
+
+Tables (``<p>`` is the ``table_prefix``, ``conveyor_`` by default)::
+
+    <p>messages  id, queue, body, available_at, lease_token, attempts, enqueued_at
+                 index (queue, available_at, id): the claim reads it in order
+    <p>dead      id, queue, body, reason, dead_at
+    <p>results   task_id, state, data, expires_at, updated_at
+    <p>schema    component, version: written when a component's tables are created
+
+Times are float epoch seconds read from the **database server's clock** (``now()``), so
+workers on hosts whose clocks drift apart still agree on when a lease runs out. SQLite has no
+server: there it is the local clock, which every process on the file shares anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import make_url
+
+from conveyor.exceptions import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectionLostError,
+    DriverError,
+)
+from conveyor.registry import require
+from conveyor.url import URL
+
+_PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
+SCHEMA_VERSION = 1
+_TABLES_OF = {"broker": ("messages", "dead"), "backend": ("results",)}
+_CLIENT_FOR = {"postgresql": ("psycopg", "postgres"), "mysql": ("pymysql", "mysql"),
+               "mariadb": ("pymysql", "mysql")}
+# Connection refusals that mean "fix your settings", not "try again later".
+_MYSQL_AUTH_CODES = {1044, 1045, 1049, 1698}
+_PG_AUTH_STATES = {"28000", "28P01", "3D000"}
+_PG_AUTH_WORDS = ("password authentication failed", "no password supplied",
+                  "does not exist", "authentication failed")
+
+
+def validate_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is a safe SQL identifier prefix, else raise ConfigurationError."""
+    if not isinstance(prefix, str) or not _PREFIX.match(prefix):
+        raise ConfigurationError(
+            f"invalid table_prefix {prefix!r}: use 1-31 lower-case letters, digits or '_', "
+            "starting with a letter or '_' (for example 'conveyor_')")
+    return prefix
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The Core ``Table`` objects of one prefix."""
+
+    metadata: Any
+    messages: Any
+    dead: Any
+    results: Any
+    schema: Any
+
+
+def build_tables(prefix: str) -> Tables:
+    """Define conveyor's tables under ``prefix`` on a fresh ``MetaData``."""
+    def key(length: int) -> Any:
+        # MySQL compares strings case-insensitively by default; queue names and ids must not.
+        return sa.String(length).with_variant(
+            mysql.VARCHAR(length, collation="utf8mb4_bin"), "mysql", "mariadb")
+
+    blob = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+    md = sa.MetaData()
+    messages = sa.Table(
+        f"{prefix}messages", md,
+        sa.Column("id", key(40), primary_key=True),
+        sa.Column("queue", key(255), nullable=False),
+        sa.Column("body", blob, nullable=False),
+        sa.Column("available_at", sa.Double(), nullable=False),
+        sa.Column("lease_token", sa.String(32), nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("enqueued_at", sa.Double(), nullable=False),
+        sa.Index(f"{prefix}messages_claim", "queue", "available_at", "id"),
+    )
+    dead = sa.Table(
+        f"{prefix}dead", md,
+        sa.Column("id", key(40), primary_key=True),
+        sa.Column("queue", key(255), nullable=False),
+        sa.Column("body", blob, nullable=False),
+        sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column("dead_at", sa.Double(), nullable=False),
+        sa.Index(f"{prefix}dead_queue", "queue", "dead_at"),
+    )
+    results = sa.Table(
+        f"{prefix}results", md,
+        sa.Column("task_id", key(255), primary_key=True),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("data", blob, nullable=False),
+        sa.Column("expires_at", sa.Double(), nullable=True),
+        sa.Column("updated_at", sa.Double(), nullable=False),
+        sa.Index(f"{prefix}results_expiry", "expires_at"),
+    )
+    schema = sa.Table(
+        f"{prefix}schema", md,
+        sa.Column("component", sa.String(32), primary_key=True),
+        sa.Column("version", sa.Integer(), nullable=False),
+    )
+    return Tables(md, messages, dead, results, schema)
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _is_auth_failure(orig: BaseException | None) -> bool:
+    if orig is None:
+        return False
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int):  # PyMySQL: (errno, message)
+        return args[0] in _MYSQL_AUTH_CODES
+    if getattr(orig, "sqlstate", None) in _PG_AUTH_STATES:
+        return True
+    text = str(orig).lower()
+    return "fatal" in text and any(word in text for word in _PG_AUTH_WORDS)
+
+
+def translate(exc: BaseException, url: URL) -> BaseException:
+    """The conveyor error for a SQLAlchemy/DBAPI exception (the caller raises it ``from``)."""
+    where = url.masked
+    if isinstance(exc, sa_exc.DBAPIError):
+        orig = exc.orig
+        detail = _first_line(orig) if orig is not None else _first_line(exc)
+        if _is_auth_failure(orig):
+            return AuthenticationError(f"{where} refused the connection: {detail}")
+        if exc.connection_invalidated or isinstance(
+                exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+            if isinstance(exc, sa_exc.OperationalError) and "no such table" in detail:
+                return DriverError(f"{where}: {detail}")
+            return ConnectionLostError(f"{where} is unavailable: {detail}")
+        return DriverError(f"{where}: {detail}")
+    if isinstance(exc, sa_exc.TimeoutError):
+        return ConnectionLostError(f"{where}: no free connection in the pool: {exc}")
+    return DriverError(f"{where}: {_first_line(exc)}")
+
+
+@contextlib.contextmanager
+def errors(url: URL) -> Iterator[None]:
+    """Translate SQLAlchemy errors raised inside the block into conveyor's, ``from`` the cause."""
+    try:
+        yield
+    except sa_exc.SQLAlchemyError as exc:
+        raise translate(exc, url) from exc
+
+
+# -- engines --------------------------------------------------------------------------------
+
+_ENGINES: dict[tuple[int, str], list[Any]] = {}  # (pid, url) -> [engine, users]
+_ENGINES_LOCK = threading.Lock()
+
+
+def _forget_engines_in_child() -> None:
+    # A forked child must not share the parent's sockets; it opens its own connections.
+    for engine, _users in _ENGINES.values():
+        engine.dispose(close=False)
+    _ENGINES.clear()
+
+
+os.register_at_fork(after_in_child=_forget_engines_in_child)
+
+
+def _sqlite_url(url: URL, sa_url: Any) -> None:
+    database = sa_url.database or ""
+    if database in ("", ":memory:") or "mode=memory" in database:
+        raise ConfigurationError(
+            f"{url.masked}: an in-memory SQLite database is private to one connection and one "
+            "process; use a file such as 'sqlite:///conveyor.db', or 'memory://' for tests")
+    if database.startswith("file:"):
+        return
+    directory = os.path.dirname(os.path.abspath(database))
+    if not os.path.isdir(directory):
+        raise ConfigurationError(
+            f"{url.masked}: the directory {directory!r} of the SQLite database does not exist; "
+            "create it first")
+
+
+def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's own handling defers it).
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA busy_timeout = 30000")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.close()
+
+
+def _on_sqlite_begin(conn: Any) -> None:
+    # Writers take the write lock up front: a deferred transaction that later upgrades fails
+    # with SQLITE_BUSY at once instead of waiting, and would break with several processes.
+    mode = "BEGIN" if conn.get_execution_options().get("conveyor_read") else "BEGIN IMMEDIATE"
+    conn.exec_driver_sql(mode)
+
+
+def _on_mysql_connect(dbapi_conn: Any, _record: Any) -> None:
+    # UNIX_TIMESTAMP(NOW(6)) is exact only in UTC: a local zone repeats an hour in autumn.
+    cursor = dbapi_conn.cursor()
+    cursor.execute("SET time_zone = '+00:00'")
+    cursor.close()
+
+
+def _create_engine(url: URL, pool_size: int) -> Any:
+    try:
+        sa_url = make_url(url.raw)
+    except Exception as exc:
+        raise ConfigurationError(f"invalid SQL URL {url.masked!r}: {exc}") from exc
+    backend, _, driver = sa_url.drivername.partition("+")
+    backend = {"postgres": "postgresql"}.get(backend, backend)
+    if backend == "postgresql" and driver in ("", "psycopg"):
+        sa_url = sa_url.set(drivername="postgresql+psycopg")
+    elif backend in ("mysql", "mariadb") and driver in ("", "pymysql"):
+        sa_url = sa_url.set(drivername=f"{backend}+pymysql")
+    if backend in _CLIENT_FOR:
+        module, extra = _CLIENT_FOR[backend]
+        if sa_url.drivername.endswith(f"+{module}"):
+            require(module, extra=extra)
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if backend == "sqlite":
+        _sqlite_url(url, sa_url)
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30.0}
+        kwargs["poolclass"] = sa.pool.QueuePool
+    elif backend in ("mysql", "mariadb"):
+        # No gap locks: a claim's range lock would otherwise block producers' inserts.
+        kwargs["isolation_level"] = "READ COMMITTED"
+        kwargs["pool_recycle"] = 3600
+    kwargs.update(pool_size=pool_size, max_overflow=2 * pool_size, pool_timeout=30)
+    try:
+        engine = sa.create_engine(sa_url, **kwargs)
+    except ImportError as exc:
+        raise ConfigurationError(f"{url.masked}: {exc}") from exc
+    except sa.exc.ArgumentError as exc:
+        raise ConfigurationError(f"invalid SQL URL {url.masked!r}: {exc}") from exc
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _on_sqlite_connect)
+        sa.event.listen(engine, "begin", _on_sqlite_begin)
+    elif engine.dialect.name in ("mysql", "mariadb"):
+        sa.event.listen(engine, "connect", _on_mysql_connect)
+    return engine
+
+
+def acquire_engine(url: URL, *, pool_size: int = 10) -> Any:
+    """The process's engine for ``url`` (shared by brokers and backends on the same URL)."""
+    key = (os.getpid(), url.raw)
+    with _ENGINES_LOCK:
+        entry = _ENGINES.get(key)
+        if entry is None:
+            entry = _ENGINES[key] = [_create_engine(url, pool_size), 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def release_engine(url: URL, engine: Any) -> None:
+    """Drop one user of the engine; the last one closes its connections."""
+    key = (os.getpid(), url.raw)
+    with _ENGINES_LOCK:
+        entry = _ENGINES.get(key)
+        if entry is None or entry[0] is not engine:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _ENGINES[key]
+            engine.dispose()
+
+
+# -- PostgreSQL notifications ---------------------------------------------------------------
+
+class Listener:
+    """A background LISTEN on one PostgreSQL channel, over its own autocommit connection.
+
+    Waiters read :attr:`generation` before checking for work and then :meth:`wait` for it to
+    change, so a notification arriving between the check and the wait is never missed.
+    """
+
+    def __init__(self, engine: Any, channel: str) -> None:
+        self.channel = channel
+        self.generation = 0
+        self._running = True
+        self._pid = os.getpid()
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        raw = engine.raw_connection()
+        raw.detach()  # ours alone, never returned to the pool
+        self._conn = raw.driver_connection
+        self._conn.autocommit = True
+        self._conn.execute(f'LISTEN "{channel}"')
+        self._thread = threading.Thread(target=self._run, name=f"conveyor-listen-{channel}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                for _ in self._conn.notifies(timeout=0.5):
+                    self._bump()
+        except Exception:  # the connection broke: waiters fall back to polling
+            pass
+        finally:
+            self._running = False
+            self._bump()
+            with contextlib.suppress(Exception):
+                self._conn.close()
+
+    @property
+    def alive(self) -> bool:
+        """False once the connection broke, or in a forked child (the thread stayed behind)."""
+        return self._running and self._pid == os.getpid()
+
+    def _bump(self) -> None:
+        with self._cond:
+            self.generation += 1
+            self._cond.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> None:
+        """Block until a notification newer than generation ``seen`` or ``timeout`` seconds."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.generation != seen, timeout)
+
+    def close(self) -> None:
+        """Stop listening (returns within about half a second)."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=2.0)
+
+
+# -- the store ------------------------------------------------------------------------------
+
+class SQLStore:
+    """One driver's view of a database: engine, tables, clock, transactions, notifications.
+
+    The component's tables are created on first use, and the schema version recorded.
+    """
+
+    def __init__(self, url: URL, component: str, *, table_prefix: str = "conveyor_",
+                 pool_size: int = 10) -> None:
+        self.url = url
+        self.component = component
+        self.prefix = validate_prefix(table_prefix)
+        if not isinstance(pool_size, int) or pool_size < 1:
+            raise ConfigurationError(f"pool_size must be a positive integer, not {pool_size!r}")
+        self.tables = build_tables(self.prefix)
+        self.engine = acquire_engine(url, pool_size=pool_size)
+        name = self.engine.dialect.name
+        self.dialect = "mysql" if name in ("mysql", "mariadb") else name
+        if self.dialect not in ("sqlite", "postgresql", "mysql"):
+            release_engine(url, self.engine)
+            raise ConfigurationError(
+                f"{url.masked}: unsupported SQL database {name!r}; conveyor supports SQLite, "
+                "PostgreSQL and MySQL/MariaDB")
+        self._lock = threading.Lock()
+        self._ready = False
+        self._listeners: dict[str, Listener] = {}
+        self._closed = False
+
+    # -- clock ------------------------------------------------------------------------------
+    def now(self) -> Any:
+        """The current time as a SQL expression (epoch seconds, float): see the module doc."""
+        if self.dialect == "postgresql":
+            # statement_timestamp() is stable within a statement, so the index can use it.
+            return sa.cast(sa.func.extract("epoch", sa.func.statement_timestamp()), sa.Double())
+        if self.dialect == "mysql":
+            return sa.func.unix_timestamp(sa.func.now(6))
+        return sa.literal(time.time(), sa.Double())
+
+    # -- transactions -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def begin(self, *, read: bool = False) -> Iterator[Any]:
+        """A connection in a transaction that commits on success; errors are translated.
+
+        ``read=True`` marks a read-only transaction (on SQLite it does not take the write lock).
+        """
+        if not self._ready:
+            self.ensure_schema()
+        with errors(self.url), self.engine.connect() as conn:
+            if read:
+                conn.execution_options(conveyor_read=True)
+            with conn.begin():
+                yield conn
+
+    def ensure_schema(self) -> None:
+        """Create this component's tables if missing and record the schema version."""
+        with self._lock:
+            if self._ready:
+                return
+            names = _TABLES_OF[self.component]
+            tables = [getattr(self.tables, n) for n in names] + [self.tables.schema]
+            with errors(self.url):
+                try:
+                    self.tables.metadata.create_all(self.engine, tables=tables)
+                except sa_exc.DBAPIError as exc:
+                    if exc.connection_invalidated or _is_auth_failure(exc.orig):
+                        raise
+                    # Another process created them at the same moment: check again.
+                    self.tables.metadata.create_all(self.engine, tables=tables)
+                self._record_version()
+            self._ready = True
+
+    def _record_version(self) -> None:
+        table = self.tables.schema
+        with self.engine.begin() as conn:
+            found = conn.scalar(sa.select(table.c.version)
+                                .where(table.c.component == self.component))
+        if found is None:
+            with contextlib.suppress(sa.exc.IntegrityError), self.engine.begin() as conn:
+                conn.execute(table.insert().values(component=self.component,
+                                                   version=SCHEMA_VERSION))
+        elif found > SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"{self.url.masked}: the {self.prefix}* tables have schema version {found}, "
+                f"newer than this conveyor knows ({SCHEMA_VERSION}); upgrade conveyor")
+
+    # -- notifications (PostgreSQL) ---------------------------------------------------------
+    def channel(self, name: str) -> str:
+        """The NOTIFY channel for ``name`` under this prefix."""
+        return f"{self.prefix}{name}"
+
+    def notify(self, conn: Any, name: str, payload: str) -> None:
+        """NOTIFY listeners of ``name`` when the transaction commits (PostgreSQL only)."""
+        if self.dialect == "postgresql":
+            conn.execute(sa.select(sa.func.pg_notify(self.channel(name), payload)))
+
+    def listener(self, name: str) -> Listener | None:
+        """A live listener on ``name`` (PostgreSQL only); None where there is none to be had."""
+        if self.dialect != "postgresql" or self._closed:
+            return None
+        with self._lock:
+            current = self._listeners.get(name)
+            if current is not None and current.alive:
+                return current
+            try:
+                with errors(self.url):
+                    current = Listener(self.engine, self.channel(name))
+            except Exception:
+                return None  # polling still works
+            self._listeners[name] = current
+            return current
+
+    def close(self) -> None:
+        """Stop listeners and release the engine. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for listener in self._listeners.values():
+            listener.close()
+        self._listeners.clear()
+        release_engine(self.url, self.engine)
+
+
+def backoff(start: float, cap: float) -> Callable[[], float]:
+    """A pause generator doubling from ``start`` to ``cap`` seconds."""
+    pause = [start / 2]
+
+    def step() -> float:
+        pause[0] = min(pause[0] * 2, cap)
+        return pause[0]
+
+    return step
