@@ -17,13 +17,18 @@ import time
 from typing import TYPE_CHECKING
 
 from conveyor.broker import Reservation
-from conveyor.exceptions import ConveyorError
+from conveyor.exceptions import AuthenticationError, ConfigurationError, ConveyorError
 from conveyor.worker.runner import TaskRunner
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
 
 log = logging.getLogger("conveyor.worker")
+
+
+def _is_fatal(exc: ConveyorError) -> bool:
+    """Errors no amount of waiting fixes: refused credentials, missing database, bad config."""
+    return isinstance(exc, AuthenticationError | ConfigurationError)
 
 
 def default_hostname() -> str:
@@ -58,6 +63,7 @@ class Consumer:
     def run(self) -> int:
         """Consume until stopped; returns 0 after a graceful stop."""
         self.app.conf.validate()
+        self._preflight()
         log.info("worker %s ready: broker=%s backend=%s queues=%s concurrency=%d",
                  self.hostname, self.app.broker.url.masked, self.app.backend.url.masked,
                  ",".join(self.queues), self.concurrency)
@@ -71,6 +77,18 @@ class Consumer:
         finally:
             self._shutdown()
         return 0
+
+    def _preflight(self) -> None:
+        """Fail at once on what waiting cannot fix (credentials, a missing database, a bad
+        URL); an unreachable server is only logged: the loops retry it with backoff."""
+        for kind, get in (("broker", lambda: self.app.broker),
+                          ("backend", lambda: self.app.backend)):
+            try:
+                get().ping()
+            except ConveyorError as exc:
+                if _is_fatal(exc):
+                    raise
+                log.error("%s unavailable at start (%s): will retry with backoff", kind, exc)
 
     def stop(self) -> None:
         """Graceful: stop reserving, finish running tasks, give back unstarted ones."""
@@ -93,6 +111,7 @@ class Consumer:
         broker = self.app.broker
         pause = 0.1
         failing_since: float | None = None
+        last_log = 0.0
         while not self._stop.is_set():
             with self._held_lock:
                 while len(self._held) >= self.max_held and not self._stop.is_set():
@@ -104,12 +123,16 @@ class Consumer:
                 batch = broker.reserve(self.queues, lease=self.lease,
                                        wait=self.app.conf.worker_poll_wait, limit=free)
             except ConveyorError as exc:
+                if _is_fatal(exc):
+                    raise
+                now = time.monotonic()
                 if failing_since is None:
-                    failing_since = time.monotonic()
+                    failing_since = last_log = now
                     log.error("broker unavailable (%s): retrying with backoff", exc)
-                else:
+                elif now - last_log >= 30:
+                    last_log = now
                     log.warning("broker still unavailable after %.0fs: %s",
-                                time.monotonic() - failing_since, exc)
+                                now - failing_since, exc)
                 self._stop.wait(pause)
                 pause = min(pause * 2, 5.0)
                 continue
@@ -149,13 +172,19 @@ class Consumer:
         while not self._abort.wait(interval):
             with self._held_lock:
                 held = list(self._held.values())
+            failed: list[str] = []
+            error: ConveyorError | None = None
             for res in held:
                 try:
                     if not broker.extend(res, lease=self.lease):
                         log.warning("lease of %s lost; another worker may run it too",
                                     res.message_id)
                 except ConveyorError as exc:
-                    log.warning("could not extend lease of %s: %s", res.message_id, exc)
+                    failed.append(res.message_id)
+                    error = exc
+            if failed:
+                log.warning("could not extend %d leases (broker unavailable?): %s",
+                            len(failed), error)
             if self._stop.is_set() and not held:
                 return
 

