@@ -1,0 +1,84 @@
+"""``memory://[name]``: an in-process result backend for tests. Same-named backends share."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, ClassVar
+
+from conveyor.backend import BackendCapabilities, ResultBackend, StoredRecord
+from conveyor.url import URL
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.records: dict[str, tuple[StoredRecord, float | None]] = {}
+
+
+_STORES: dict[str, _Store] = {}
+_STORES_LOCK = threading.Lock()
+
+
+class MemoryResultBackend(ResultBackend):
+    """A thread-safe in-process backend; ``wait`` wakes as soon as a result is stored."""
+
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(
+        native_expiry=True, push_wait=True, shared_between_processes=False)
+
+    def __init__(self, url: URL, **options: Any) -> None:
+        super().__init__(url)
+        name = url.raw.split("://", 1)[1].split("?", 1)[0] or "default"
+        with _STORES_LOCK:
+            self._store = _STORES.setdefault(name, _Store())
+
+    def _live(self, task_id: str) -> StoredRecord | None:
+        entry = self._store.records.get(task_id)
+        if entry is None:
+            return None
+        if entry[1] is not None and entry[1] <= time.time():
+            del self._store.records[task_id]
+            return None
+        return entry[0]
+
+    def store(self, record: StoredRecord, *, ttl: float | None) -> bool:
+        with self._store.cond:
+            current = self._live(record.task_id)
+            if current is not None and current.ready:
+                return False
+            expires = None if ttl is None else time.time() + ttl
+            self._store.records[record.task_id] = (record, expires)
+            self._store.cond.notify_all()
+            return True
+
+    def get(self, task_id: str) -> StoredRecord | None:
+        with self._store.cond:
+            return self._live(task_id)
+
+    def forget(self, task_id: str) -> None:
+        with self._store.cond:
+            self._store.records.pop(task_id, None)
+
+    def wait(self, task_id: str, *, timeout: float | None) -> StoredRecord | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._store.cond:
+            while True:
+                record = self._live(task_id)
+                if record is not None and record.ready:
+                    return record
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self._store.cond.wait(left)
+
+    def purge_expired(self) -> int:
+        with self._store.cond:
+            now = time.time()
+            gone = [k for k, (_, exp) in self._store.records.items()
+                    if exp is not None and exp <= now]
+            for key in gone:
+                del self._store.records[key]
+            return len(gone)
+
+    def ping(self) -> None:
+        return None

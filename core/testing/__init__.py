@@ -1,0 +1,90 @@
+"""The driver contract suite: what every broker and result backend must do, written as tests.
+
+Shipped in the package so third-party drivers run the same suite as ours. Subclass
+:class:`BrokerContract` / :class:`ResultBackendContract` (or single behaviour areas) in a
+``Test*`` class and provide a ``broker_url`` / ``backend_url`` fixture; the suite builds the
+driver through the registry, which also proves the entry point is registered. See
+:mod:`conveyor.testing.plugin` for an example and for the opt-in command-line options.
+
+Importing this package imports pytest, which conveyor itself does not depend on.
+"""
+
+from __future__ import annotations
+
+try:
+    import pytest
+except ImportError as exc:  # pragma: no cover - pytest is installed wherever tests run
+    from conveyor.exceptions import MissingDependencyError
+
+    raise MissingDependencyError("conveyor.testing needs pytest: pip install pytest") from exc
+
+# Installed packages are not assertion-rewritten by default; without this a failing contract
+# test would only say "AssertionError".
+pytest.register_assert_rewrite(
+    "conveyor.testing.backend", "conveyor.testing.broker", "conveyor.testing.broker_admin")
+
+from conveyor.testing.backend import (  # noqa: E402 - after register_assert_rewrite
+    BackendConcurrencyContract,
+    BackendExpiryContract,
+    BackendFixtures,
+    BackendStoreGetContract,
+    BackendTerminalWriteContract,
+    BackendWaitContract,
+)
+from conveyor.testing.broker import (  # noqa: E402
+    BrokerDelayContract,
+    BrokerEnqueueReserveContract,
+    BrokerFixtures,
+    BrokerLeaseContract,
+    BrokerTimings,
+    reserve_count,
+    reserve_within,
+)
+from conveyor.testing.broker_admin import (  # noqa: E402
+    BrokerAdminContract,
+    BrokerConcurrencyContract,
+    BrokerDeadLetterContract,
+)
+
+__all__ = [
+    "BackendConcurrencyContract",
+    "BackendExpiryContract",
+    "BackendFixtures",
+    "BackendStoreGetContract",
+    "BackendTerminalWriteContract",
+    "BackendWaitContract",
+    "BrokerAdminContract",
+    "BrokerConcurrencyContract",
+    "BrokerContract",
+    "BrokerDeadLetterContract",
+    "BrokerDelayContract",
+    "BrokerEnqueueReserveContract",
+    "BrokerFixtures",
+    "BrokerLeaseContract",
+    "BrokerTimings",
+    "ResultBackendContract",
+    "reserve_count",
+    "reserve_within",
+]
+
+
+class BrokerContract(
+    BrokerEnqueueReserveContract,
+    BrokerLeaseContract,
+    BrokerDelayContract,
+    BrokerDeadLetterContract,
+    BrokerAdminContract,
+    BrokerConcurrencyContract,
+):
+    """Every broker guarantee. Subclass it in a ``Test*`` class and provide ``broker_url``."""
+
+
+class ResultBackendContract(
+    BackendStoreGetContract,
+    BackendTerminalWriteContract,
+    BackendExpiryContract,
+    BackendConcurrencyContract,
+    BackendWaitContract,
+):
+    """Every result backend guarantee. Subclass it in a ``Test*`` class and provide
+    ``backend_url``."""
