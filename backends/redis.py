@@ -1,0 +1,182 @@
+"""``redis://`` and ``rediss://`` (TLS): a result backend with native expiry and push ``wait``.
+
+Keys (prefix ``conveyor:`` by default)::
+
+    conveyor:result:<id>   HASH  state, data; expires by Redis TTL (PX, ms)
+    conveyor:done:<id>     LIST  one token pushed when a terminal state is stored; short TTL
+
+Why a token list rather than PUBLISH: a waiter reads the record, then blocks on the list. A
+result stored between the two leaves its token behind, so the waiter returns at once; with
+pub/sub that result would be missed unless the waiter subscribed first on a dedicated
+connection. Waiters block with BLMOVE from the list to itself, so the token stays for every
+other waiter of the same id (each one rotates it and Redis hands it to the next).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any, ClassVar, cast
+
+from conveyor.backend import BackendCapabilities, ResultBackend, StoredRecord
+from conveyor.redisconn import (
+    RedisErrors,
+    block_timeout,
+    make_client,
+    run_script,
+    server_info,
+)
+from conveyor.states import READY_STATES
+from conveyor.url import URL
+
+# KEYS: result, done. ARGV: state, data, ttl_ms (0: never expires), done_ttl_ms.
+# Returns 1 when written, 0 when a terminal record already exists: first terminal write wins.
+_STORE = """
+local terminal = {@TERMINAL@}
+local current = redis.call('HGET', KEYS[1], 'state')
+if current and terminal[current] then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'data', ARGV[2])
+if tonumber(ARGV[3]) > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+else
+  redis.call('PERSIST', KEYS[1])
+end
+if terminal[ARGV[1]] then
+  redis.call('DEL', KEYS[2])
+  redis.call('RPUSH', KEYS[2], '1')
+  -- never outlive the record: a token without a terminal record would make waiters spin
+  local ttl = tonumber(ARGV[4])
+  if tonumber(ARGV[3]) > 0 then ttl = math.min(ttl, tonumber(ARGV[3])) end
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+return 1
+""".replace("@TERMINAL@", ", ".join(f"[{s!r}] = true" for s in sorted(READY_STATES)))
+
+#: How long a "done" token outlives the store; a waiter only needs it for the instant between
+#: its read and its blocking call.
+_DONE_TTL_MS = 60_000
+#: The longest single block in ``wait``; after it the record is read again, so a waiter can
+#: never hang on a token that expired before it blocked.
+_MAX_BLOCK = 5.0
+
+
+class RedisResultBackend(ResultBackend):
+    """Results in Redis hashes with TTL. Thread-safe; each call is one round trip.
+
+    Options: ``prefix`` (default ``"conveyor:"``); anything else goes to
+    ``redis.Redis.from_url``.
+    """
+
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(
+        native_expiry=True, push_wait=True)
+
+    def __init__(self, url: URL, *, prefix: str = "conveyor:", **options: Any) -> None:
+        super().__init__(url)
+        self._prefix = prefix
+        self._result = f"{prefix}result:"
+        self._done = f"{prefix}done:"
+        self._errors = RedisErrors(url)
+        self._client = make_client(url, **options)
+        self._store = self._client.register_script(_STORE)
+
+    def store(self, record: StoredRecord, *, ttl: float | None) -> bool:
+        """Write atomically in one script call; False (nothing written) when the id already
+        has a terminal record. A terminal write wakes every ``wait`` on the id."""
+        ttl_ms = 0 if ttl is None else max(round(ttl * 1000), 1)
+        task_id = record.task_id
+        with self._errors:
+            written = run_script(self._client, self._store,
+                                 (self._result + task_id, self._done + task_id),
+                                 (record.state, record.data, ttl_ms, _DONE_TTL_MS))
+        return bool(written)
+
+    def store_many(self, records: Iterable[StoredRecord], *, ttl: float | None) -> list[bool]:
+        """Store several records in one pipelined round trip; each write is atomic on its own
+        and follows :meth:`store`'s first-terminal-write-wins rule."""
+        from redis.exceptions import NoScriptError
+
+        batch = list(records)
+        if not batch:
+            return []
+        ttl_ms = 0 if ttl is None else max(round(ttl * 1000), 1)
+        with self._errors:
+            try:
+                return self._store_pipelined(batch, ttl_ms)
+            except NoScriptError:  # the server lost its script cache (restart, flush)
+                self._store.sha = self._client.script_load(_STORE)
+                return self._store_pipelined(batch, ttl_ms)
+
+    def _store_pipelined(self, batch: list[StoredRecord], ttl_ms: int) -> list[bool]:
+        # EVALSHA by hand: a pipeline given the Script object would first send SCRIPT EXISTS,
+        # costing a second round trip on every call.
+        pipe = self._client.pipeline(transaction=False)
+        for record in batch:
+            pipe.evalsha(self._store.sha, 2, self._result + record.task_id,
+                         self._done + record.task_id, record.state, record.data, ttl_ms,
+                         _DONE_TTL_MS)
+        return [bool(written) for written in pipe.execute()]
+
+    def get(self, task_id: str) -> StoredRecord | None:
+        """The record, or None when missing or expired (Redis drops it at its TTL)."""
+        with self._errors:
+            row = self._client.hmget(self._result + task_id, ("state", "data"))
+        state, data = cast("list[bytes | None]", row)
+        if state is None:
+            return None
+        return StoredRecord(task_id, state.decode(), data or b"")
+
+    def get_many(self, task_ids: Iterable[str]) -> dict[str, StoredRecord]:
+        """Records of several ids in one pipelined round trip."""
+        ids = list(task_ids)
+        if not ids:
+            return {}
+        with self._errors:
+            pipe = self._client.pipeline(transaction=False)
+            for task_id in ids:
+                pipe.hmget(self._result + task_id, ("state", "data"))
+            rows = pipe.execute()
+        return {task_id: StoredRecord(task_id, state.decode(), data or b"")
+                for task_id, (state, data) in zip(ids, rows, strict=True) if state is not None}
+
+    def forget(self, task_id: str) -> None:
+        """Delete the record (and its wake token). Idempotent."""
+        with self._errors:
+            self._client.delete(self._result + task_id, self._done + task_id)
+
+    def wait(self, task_id: str, *, timeout: float | None) -> StoredRecord | None:
+        """Block until the record is terminal (woken by the store itself, not by polling);
+        None on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done = self._done + task_id
+        while True:
+            record = self.get(task_id)
+            if record is not None and record.ready:
+                return record
+            block = _MAX_BLOCK
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                block = min(block, left)
+            # redis-py annotates the timeout as int; the server takes fractional seconds.
+            seconds: Any = block_timeout(self._client, block)
+            with self._errors:
+                self._client.blmove(done, done, seconds, "LEFT", "LEFT")
+
+    def info(self) -> dict[str, str]:
+        """The server's name and version, and the key prefix."""
+        return server_info(self._client, self._errors) | {"prefix": self._prefix}
+
+    def purge_expired(self) -> int:
+        """Nothing to do: Redis expires records itself. Returns 0."""
+        return 0
+
+    def ping(self) -> None:
+        """Send PING; raises :class:`~conveyor.exceptions.ConnectionLostError` when down."""
+        with self._errors:
+            self._client.ping()
+
+    def close(self) -> None:
+        """Close the pool's connections. Idempotent."""
+        with self._errors:
+            self._client.close()
