@@ -44,7 +44,7 @@ class MemoryResultBackend(ResultBackend):
     def store(self, record: StoredRecord, *, ttl: float | None) -> bool:
         with self._store.cond:
             current = self._live(record.task_id)
-            if current is not None and current.ready:
+            if current is not None and (current.ready or record.state == "PENDING"):
                 return False
             expires = None if ttl is None else time.time() + ttl
             self._store.records[record.task_id] = (record, expires)

@@ -30,11 +30,12 @@ from conveyor.states import READY_STATES
 from conveyor.url import URL
 
 # KEYS: result, done. ARGV: state, data, ttl_ms (0: never expires), done_ttl_ms.
-# Returns 1 when written, 0 when a terminal record already exists: first terminal write wins.
+# Returns 1 when written, 0 when a terminal record already exists (first terminal write
+# wins) or when a PENDING write finds any record (it must not hide a worker's progress).
 _STORE = """
 local terminal = {@TERMINAL@}
 local current = redis.call('HGET', KEYS[1], 'state')
-if current and terminal[current] then return 0 end
+if current and (terminal[current] or ARGV[1] == 'PENDING') then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'data', ARGV[2])
 if tonumber(ARGV[3]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])

@@ -53,10 +53,12 @@ class SQLResultBackend(ResultBackend):
         t = self._t
         return t.c.expires_at.is_(None) | (t.c.expires_at > now)
 
-    def _writable(self, now: Any) -> Any:
-        """True for a stored row that a new write may replace."""
-        t = self._t
-        return t.c.state.not_in(_TERMINAL) | ~self._live(now)
+    def _writable(self, now: Any, state: str) -> Any:
+        """True for a stored row that a write of ``state`` may replace: any expired row; a
+        live one unless it is terminal, or the write is PENDING."""
+        if state == "PENDING":
+            return ~self._live(now)
+        return self._t.c.state.not_in(_TERMINAL) | ~self._live(now)
 
     def store(self, record: StoredRecord, *, ttl: float | None) -> bool:
         """Write ``record`` unless a live terminal record exists; atomic, returns whether it
@@ -74,7 +76,7 @@ class SQLResultBackend(ResultBackend):
                 index_elements=[self._t.c.task_id],
                 set_={k: stmt.excluded[k] for k in ("state", "data", "updated_at",
                                                       "expires_at")},
-                where=self._writable(now))
+                where=self._writable(now, values["state"]))
             with self._db.begin() as conn:
                 # Both dialects count a row the WHERE skipped as 0, an insert or update as 1.
                 done = conn.execute(stmt, execution_options={"preserve_rowcount": True})
@@ -90,7 +92,8 @@ class SQLResultBackend(ResultBackend):
         # rows, the dialect sets CLIENT_FOUND_ROWS), else a plain INSERT; when that INSERT
         # hits a row created meanwhile, the UPDATE decides once more.
         t = self._t
-        update = (t.update().where(t.c.task_id == values["task_id"], self._writable(now))
+        update = (t.update().where(t.c.task_id == values["task_id"],
+                                   self._writable(now, values["state"]))
                   .values({k: v for k, v in values.items() if k != "task_id"}))
         with self._db.begin() as conn:
             if conn.execute(update).rowcount:

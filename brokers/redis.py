@@ -24,7 +24,7 @@ loop. Needs Redis >= 6.2 (LPOP with a count).
 
 from __future__ import annotations
 
-import os
+import random
 import time
 from collections.abc import Iterable, Sequence
 from functools import cache
@@ -61,7 +61,8 @@ def _ms(seconds: float) -> int:
 
 
 def _new_id() -> str:
-    return os.urandom(16).hex()  # as random as uuid4().hex, without building a UUID
+    # random, not os.urandom: ~35 µs a call on virtual machines; ids need only be unique.
+    return f"{random.getrandbits(128):032x}"
 
 
 class RedisBroker(Broker):
@@ -168,6 +169,24 @@ class RedisBroker(Broker):
         """Delete the message unless it was delivered again since (then a no-op: the new
         holder keeps its lease). Idempotent. An expired lease nobody took over still acks."""
         self._call(reservation.queue, "ack", reservation.message_id, reservation.receipt)
+
+    def ack_many(self, reservations: Sequence[Reservation]) -> None:
+        """Ack several reservations in one pipelined round trip (each ack atomic on its own,
+        with :meth:`ack`'s rules)."""
+        from redis.exceptions import NoScriptError
+
+        if not reservations:
+            return
+        with self._errors:
+            try:
+                pipe = self._client.pipeline(transaction=False)
+                for r in reservations:
+                    pipe.evalsha(self._main.sha, len(_SUFFIXES), *self._queue_keys(r.queue),
+                                 "ack", r.message_id, r.receipt)
+                pipe.execute()
+            except NoScriptError:  # the server lost its scripts: acks are idempotent, redo
+                for r in reservations:
+                    self.ack(r)
 
     def nack(self, reservation: Reservation, *, delay: float = 0.0) -> None:
         """Give the message back (to the front of ready, or delayed by ``delay`` seconds by

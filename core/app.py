@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import threading
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -14,7 +13,9 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from conveyor.config import Settings
 from conveyor.exceptions import TaskOptionError
+from conveyor.ids import new_id
 from conveyor.message import Message
+from conveyor.pending import PendingWriter
 from conveyor.record import TaskRecord
 from conveyor.registry import backend_from_url, broker_from_url
 from conveyor.serialization import Codec, Signer
@@ -70,6 +71,7 @@ class Conveyor:
         self._broker: Broker | None = None
         self._backend: ResultBackend | None = None
         self._codecs: tuple[Codec, Codec, Signer] | None = None
+        self._pending: PendingWriter | None = None
 
     def __repr__(self) -> str:
         return (f"<Conveyor {self.main or '__main__'} broker={URL.of(self.conf.broker_url)} "
@@ -132,7 +134,11 @@ class Conveyor:
         return self._codec_triplet()[2]
 
     def close(self) -> None:
-        """Close broker and backend connections; they reopen on next use."""
+        """Write queued PENDING records, close broker and backend connections; they reopen
+        on next use."""
+        if self._pending is not None:
+            self._pending.close()
+            self._pending = None
         with self._lock:
             for driver in (self._broker, self._backend):
                 if driver is not None:
@@ -201,37 +207,52 @@ class Conveyor:
             raise TaskOptionError("queue name must be a non-empty string")
         content_type, packed_args, packed_kwargs = Message.pack_arguments(
             self.task_codec, list(args or ()), dict(kwargs or {}))
-        msg = Message(id=task_id or str(uuid.uuid4()), task=name, args=packed_args,
+        msg = Message(id=task_id or new_id(), task=name, args=packed_args,
                       kwargs=packed_kwargs, content_type=content_type, eta=due,
                       expires=expires_at, max_retries=max_retries, sent_at=now, **extra)
         return Outgoing(msg, queue, max(0.0, due - now) if due is not None else 0.0)
 
     def publish(self, batch: list[Outgoing]) -> None:
-        """Store PENDING records, then enqueue; messages with the same queue and delay go in
-        one ``enqueue_many``. On failure the PENDING records are removed and it raises."""
+        """Encode, enqueue, then queue PENDING records to be written behind (see
+        :mod:`conveyor.pending`). Messages with the same queue and delay go in one
+        ``enqueue_many``. Unencodable arguments raise before anything is sent."""
+        bodies = [o.message.encode(self.signer) for o in batch]
+        self.enqueue(batch, bodies)
         if self.conf.task_store_pending:
-            self.backend.store_many(
-                [TaskRecord(o.message.id, PENDING, task=o.message.task, queue=o.queue,
-                            parent=o.message.parent, group=o.message.group,
-                            updated_at=o.message.sent_at).to_stored() for o in batch],
-                ttl=self.conf.result_expires)
-        try:
-            self.enqueue(batch)
-        except BaseException:
-            if self.conf.task_store_pending:
-                for o in batch:
-                    self.backend.forget(o.message.id)
-            raise
+            self.pending.add([self.pending_record(o).to_stored() for o in batch])
 
-    def enqueue(self, batch: list[Outgoing]) -> None:
+    @staticmethod
+    def pending_record(o: Outgoing) -> TaskRecord:
+        """The PENDING record of a message being sent."""
+        return TaskRecord(o.message.id, PENDING, task=o.message.task, queue=o.queue,
+                          parent=o.message.parent, group=o.message.group,
+                          updated_at=o.message.sent_at)
+
+    @property
+    def pending(self) -> PendingWriter:
+        """Writes PENDING records behind the send path."""
+        if self._pending is None:
+            with self._lock:
+                if self._pending is None:
+                    self._pending = PendingWriter(lambda: self.backend,
+                                                  ttl=lambda: self.conf.result_expires)
+        return self._pending
+
+    def flush_pending(self) -> None:
+        """Make every PENDING record sent from this process visible in the backend."""
+        if self._pending is not None:
+            self._pending.flush()
+
+    def enqueue(self, batch: list[Outgoing], bodies: list[bytes] | None = None) -> None:
         """Put messages on the broker, cutting delays to the broker's ``max_delay``: the
         worker re-delays a message that arrives before its eta (delays in hops)."""
         limit = self.broker.capabilities.max_delay
-        signer = self.signer
+        if bodies is None:
+            bodies = [o.message.encode(self.signer) for o in batch]
         buckets: dict[tuple[str, float], list[bytes]] = defaultdict(list)
-        for o in batch:
+        for o, body in zip(batch, bodies, strict=True):
             delay = o.delay if limit is None else min(o.delay, limit)
-            buckets[(o.queue, delay)].append(o.message.encode(signer))
+            buckets[(o.queue, delay)].append(body)
         for (queue, delay), bodies in buckets.items():
             if len(bodies) == 1:
                 self.broker.enqueue(queue, bodies[0], delay=delay)
@@ -262,5 +283,6 @@ class Conveyor:
 
     def record(self, task_id: str) -> TaskRecord | None:
         """The decoded backend record of ``task_id``; None when unknown or expired."""
+        self.flush_pending()
         stored = self.backend.get(task_id)
         return TaskRecord.from_stored(stored) if stored is not None else None

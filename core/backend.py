@@ -55,7 +55,9 @@ class ResultBackend(ABC):
         """Write ``record``, to expire ``ttl`` seconds from now (``None``: never).
 
         Atomic. Returns False, writing nothing, when a terminal record already exists for the
-        id: the first terminal write wins and nothing overwrites it.
+        id: the first terminal write wins and nothing overwrites it. A PENDING record is
+        written only where no live record exists (it is sent behind the message, and must
+        not hide a worker's STARTED that got there first).
         """
 
     def store_many(self, records: Iterable[StoredRecord], *, ttl: float | None) -> list[bool]:

@@ -122,6 +122,12 @@ class Broker(ABC):
         """Remove a reserved message for good. Idempotent; acking after the lease was lost is
         harmless (the message may then be delivered again)."""
 
+    def ack_many(self, reservations: Sequence[Reservation]) -> None:
+        """Ack several reservations, each as :meth:`ack`; override to do it in one round
+        trip (not necessarily atomic as a whole)."""
+        for reservation in reservations:
+            self.ack(reservation)
+
     @abstractmethod
     def nack(self, reservation: Reservation, *, delay: float = 0.0) -> None:
         """Give a reserved message back, deliverable again after ``delay`` seconds."""

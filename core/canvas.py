@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from conveyor.ids import new_id
 from conveyor.result import AsyncResult, GroupResult
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ class chain:  # noqa: N801 - Celery's name
                     **options: Any) -> AsyncResult:
         """Send the first task; it carries the rest as callbacks. All ids are made now."""
         app = self.tasks[0]._app()
-        ids = [str(sig.options.get("task_id") or uuid.uuid4()) for sig in self.tasks]
+        ids = [str(sig.options.get("task_id") or new_id()) for sig in self.tasks]
         callbacks = []
         # Later steps are sent by a worker, whose default queue may differ: fix it now.
         default_queue = options.get("queue") or app.conf.task_default_queue
@@ -126,10 +126,8 @@ class chain:  # noqa: N801 - Celery's name
             from conveyor.record import TaskRecord
             from conveyor.states import PENDING
 
-            app.backend.store_many(
-                [TaskRecord(t, PENDING, task=s.task, parent=p).to_stored()
-                 for t, s, p in zip(ids[1:], self.tasks[1:], ids, strict=False)],
-                ttl=app.conf.result_expires)
+            app.pending.add([TaskRecord(t, PENDING, task=s.task, parent=p).to_stored()
+                             for t, s, p in zip(ids[1:], self.tasks[1:], ids, strict=False)])
         result: AsyncResult | None = None
         for task_id in ids:
             result = AsyncResult(task_id, app=app, parent=result)
@@ -162,7 +160,7 @@ class group:  # noqa: N801 - Celery's name
         if not self.tasks:
             return GroupResult([])
         app = self.tasks[0]._app()
-        group_id = str(uuid.uuid4())
+        group_id = new_id()
         extra = tuple(args)
         opts = {k: v for k, v in options.items() if v is not None}
         batch = []

@@ -5,7 +5,7 @@ Its wire form is one JSON object (optionally HMAC-signed); drivers never look in
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor.exceptions import MessageDecodeError
@@ -40,9 +40,19 @@ class Message:
     sent_at: float = 0.0
 
     def encode(self, signer: Signer) -> bytes:
-        """Wire bytes of this message (signed when ``signer`` has a key)."""
-        data = asdict(self)
-        data["v"] = WIRE_VERSION
+        """Wire bytes of this message (signed when ``signer`` has a key).
+
+        Raises :class:`~conveyor.exceptions.SerializationError` for arguments JSON cannot
+        encode.
+        """
+        # Spelled out rather than dataclasses.asdict, which deep-copies every value and was
+        # a quarter of the cost of delay().
+        data = {"v": WIRE_VERSION, "id": self.id, "task": self.task, "args": self.args,
+                "kwargs": self.kwargs, "content_type": self.content_type,
+                "retries": self.retries, "eta": self.eta, "expires": self.expires,
+                "max_retries": self.max_retries, "callbacks": self.callbacks,
+                "chain_ids": self.chain_ids, "group": self.group, "parent": self.parent,
+                "history": self.history, "sent_at": self.sent_at}
         return signer.sign(dumps_json(data))
 
     @classmethod
@@ -77,6 +87,7 @@ class Message:
     def pack_arguments(codec: Codec, args: Any, kwargs: Any) -> tuple[str, Any, Any]:
         """Encode arguments for a new message: ``(content_type, args, kwargs)``."""
         if codec.serializer == "json":
-            return "json", codec.pack(list(args))[1], codec.pack(dict(kwargs))[1]
+            # Checked when the message is encoded, before anything is sent.
+            return "json", list(args), dict(kwargs)
         content_type, payload = codec.pack((list(args), dict(kwargs)))
         return content_type, payload, None

@@ -6,7 +6,7 @@ Backends keep it as :class:`~conveyor.backend.StoredRecord` bytes; this module c
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from conveyor.backend import StoredRecord
@@ -25,6 +25,12 @@ class Attempt:
     outcome: str | None = None
     error_type: str | None = None
     error_message: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form kept in records and messages."""
+        return {"number": self.number, "worker": self.worker, "started_at": self.started_at,
+                "finished_at": self.finished_at, "outcome": self.outcome,
+                "error_type": self.error_type, "error_message": self.error_message}
 
 
 @dataclass
@@ -51,7 +57,9 @@ class TaskRecord:
 
     def to_stored(self) -> StoredRecord:
         """Encode for a backend driver."""
-        return StoredRecord(self.task_id, self.state, dumps_json(asdict(self)))
+        # A shallow dict: asdict() would deep-copy the attempt history on every write.
+        data = {name: getattr(self, name) for name in _FIELDS}
+        return StoredRecord(self.task_id, self.state, dumps_json(data))
 
     @classmethod
     def from_stored(cls, stored: StoredRecord) -> TaskRecord:
@@ -59,8 +67,7 @@ class TaskRecord:
         data = loads_json(stored.data)
         if not isinstance(data, dict):
             raise MessageDecodeError(f"record of {stored.task_id} is not a JSON object")
-        known = {f for f in cls.__dataclass_fields__}
-        record = cls(**{k: v for k, v in data.items() if k in known})
+        record = cls(**{k: v for k, v in data.items() if k in _FIELDS})
         record.state = stored.state
         return record
 
@@ -87,3 +94,6 @@ class TaskRecord:
         except Exception:
             pass
         return RemoteTaskError(type_name, message)
+
+
+_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(TaskRecord))

@@ -134,6 +134,8 @@ class AsyncResult:
         """
         record = self._final
         if record is None:
+            # No flush of PENDING records here: waiting only ends on a terminal state, which
+            # a late PENDING write can never replace.
             stored = self.app.backend.wait(self.id, timeout=timeout)
             if stored is None:
                 raise TimeoutError(f"task {self.id} not finished after {timeout}s "
@@ -152,6 +154,7 @@ class AsyncResult:
     def forget(self) -> None:
         """Delete the record from the backend."""
         self._final = None
+        self.app.flush_pending()
         self.app.backend.forget(self.id)
 
 
@@ -178,6 +181,7 @@ class GroupResult:
         if not self.results:
             return []
         app = self.results[0].app
+        app.flush_pending()
         stored = app.backend.get_many([r.id for r in self.results])
         return [stored[r.id].state if r.id in stored else PENDING.value for r in self.results]
 

@@ -60,10 +60,16 @@ class Codec:
         self.serializer = serializer
         self.accept = frozenset(accept)
 
-    def pack(self, value: Any) -> tuple[str, Any]:
-        """Encode ``value``; raises :class:`SerializationError` at once (producer side)."""
+    def pack(self, value: Any, *, check: bool = True) -> tuple[str, Any]:
+        """Encode ``value``; raises :class:`SerializationError` at once.
+
+        With ``check=False`` a JSON value is passed through unchecked: the caller encodes it
+        right after (and gets the same error there, still before anything is sent).
+        """
         if self.serializer == "json":
-            # Round-trip now so unencodable arguments fail at send time, not in the worker.
+            if not check:
+                return "json", value
+            # Round-trip so that what is stored is exactly what a reader will get back.
             return "json", json.loads(dumps_json(value))
         try:
             return "pickle", base64.b64encode(pickle.dumps(value)).decode()

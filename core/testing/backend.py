@@ -109,7 +109,7 @@ class BackendStoreGetContract(BackendFixtures):
 
     def test_progress_states_overwrite_each_other(
             self, backend: ResultBackend, task_id: str) -> None:
-        for state in ("PENDING", "STARTED", "RETRY", "STARTED"):
+        for state in ("STARTED", "RETRY", "STARTED"):
             record = _record(task_id, state, f"{state} data".encode())
             assert backend.store(record, ttl=None) is True
             assert backend.get(task_id) == record
@@ -178,6 +178,18 @@ class BackendTerminalWriteContract(BackendFixtures):
         for state in ("STARTED", "RETRY", "PENDING"):
             assert backend.store(_record(task_id, state), ttl=None) is False
         assert backend.get(task_id) == _record(task_id, "FAILURE")
+
+    def test_pending_never_replaces_an_existing_record(
+            self, backend: ResultBackend, task_id: str) -> None:
+        # The producer's PENDING may land after the worker's STARTED: it must not hide it.
+        assert backend.store(_record(task_id, "STARTED"), ttl=None) is True
+        assert backend.store(_record(task_id, "PENDING"), ttl=None) is False
+        assert backend.get(task_id) == _record(task_id, "STARTED")
+
+    def test_pending_is_written_where_no_record_exists(
+            self, backend: ResultBackend, task_id: str) -> None:
+        assert backend.store(_record(task_id, "PENDING"), ttl=None) is True
+        assert backend.get(task_id) == _record(task_id, "PENDING")
 
     def test_terminal_write_replaces_a_progress_state(
             self, backend: ResultBackend, task_id: str) -> None:

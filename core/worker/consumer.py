@@ -18,12 +18,16 @@ from typing import TYPE_CHECKING
 
 from conveyor.broker import Reservation
 from conveyor.exceptions import AuthenticationError, ConfigurationError, ConveyorError
+from conveyor.worker.completer import Completer, Completion
 from conveyor.worker.runner import TaskRunner
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
 
 log = logging.getLogger("conveyor.worker")
+
+#: Tasks shorter than this on average (seconds) are worth prefetching.
+SHORT_TASK = 0.1
 
 
 def _is_fatal(exc: ConveyorError) -> bool:
@@ -46,8 +50,10 @@ class Consumer:
         self.app = app
         self.queues = queues or [conf.task_default_queue]
         self.concurrency = max(1, concurrency or conf.worker_concurrency)
-        self.max_held = self.concurrency * max(1, prefetch_multiplier
-                                               or conf.worker_prefetch_multiplier)
+        self.prefetch_limit = self.concurrency * max(1, prefetch_multiplier
+                                                     or conf.worker_prefetch_multiplier)
+        #: Moving average of task run times; prefetch only while tasks are short.
+        self._avg_run: float | None = None
         self.hostname = hostname or default_hostname()
         self.lease = conf.broker_visibility_timeout
         self._stop = threading.Event()
@@ -57,6 +63,12 @@ class Consumer:
         self._work: queue.Queue[Reservation | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self.runner = TaskRunner(app, hostname=self.hostname, stopping=self._abort.is_set)
+        #: Messages handed to the completer and not yet acked (held, but not running).
+        self._completing = 0
+        self.completer = Completer(app, release=self._release, reliably=self.runner._reliably,
+                                   capacity=self.concurrency * 4)
+        self.runner.defer = self._defer
+        self.runner.completer_busy = lambda: self.completer.busy
         self.processed = 0
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -67,6 +79,7 @@ class Consumer:
         log.info("worker %s ready: broker=%s backend=%s queues=%s concurrency=%d",
                  self.hostname, self.app.broker.url.masked, self.app.backend.url.masked,
                  ",".join(self.queues), self.concurrency)
+        self.completer.start()
         for i in range(self.concurrency):
             self._spawn(self._execute_loop, f"conveyor-exec-{i}")
         self._spawn(self._heartbeat_loop, "conveyor-heartbeat")
@@ -101,6 +114,14 @@ class Consumer:
         self._abort.set()
         self.stop()
 
+    @property
+    def max_held(self) -> int:
+        """How many messages to hold (running or waiting). Beyond one per thread only while
+        tasks are short: prefetching long tasks would starve other workers of them."""
+        if self._avg_run is not None and self._avg_run < SHORT_TASK:
+            return self.prefetch_limit
+        return self.concurrency
+
     def _spawn(self, target: object, name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
         thread.start()
@@ -114,9 +135,11 @@ class Consumer:
         last_log = 0.0
         while not self._stop.is_set():
             with self._held_lock:
-                while len(self._held) >= self.max_held and not self._stop.is_set():
+                # Messages waiting in the completer do not take an execution slot.
+                while (len(self._held) - self._completing >= self.max_held
+                       and not self._stop.is_set()):
                     self._held_lock.wait(0.5)
-                free = self.max_held - len(self._held)
+                free = self.max_held - len(self._held) + self._completing
             if self._stop.is_set():
                 break
             try:
@@ -153,17 +176,35 @@ class Consumer:
             res = self._work.get()
             if res is None:
                 return
+            deferred = False
+            started = time.monotonic()
             try:
-                self.runner.handle(res)
+                deferred = self.runner.handle(res)
+                took = time.monotonic() - started
+                self._avg_run = took if self._avg_run is None else (
+                    0.9 * self._avg_run + 0.1 * took)
             except Exception:
                 # Not acked: the lease lapses and the message is delivered again.
                 log.exception("could not finish message %s; it will be redelivered",
                               res.message_id)
             finally:
-                with self._held_lock:
-                    self._held.pop(res.message_id, None)
-                    self.processed += 1
-                    self._held_lock.notify_all()
+                if not deferred:
+                    self._release(res, completing=False)
+
+    def _defer(self, completion: Completion) -> None:
+        with self._held_lock:
+            self._completing += 1
+            self._held_lock.notify_all()
+        self.completer.submit(completion)
+
+    def _release(self, res: Reservation, *, completing: bool = True) -> None:
+        """Forget a message that is finished (acked, or left to be redelivered)."""
+        with self._held_lock:
+            self._held.pop(res.message_id, None)
+            if completing:
+                self._completing -= 1
+            self.processed += 1
+            self._held_lock.notify_all()
 
     # -- heartbeat ------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
@@ -230,4 +271,5 @@ class Consumer:
                                 "to be redelivered", len(self._held))
                     break
                 self._held_lock.wait(min(left, 0.2))
+        self.completer.stop(timeout=max(1.0, deadline - time.monotonic()))
         self._abort.set()

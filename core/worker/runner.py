@@ -8,12 +8,11 @@ first-terminal-write-wins rule then keeps the first outcome.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from conveyor.app import Outgoing
@@ -31,6 +30,7 @@ from conveyor.message import Message
 from conveyor.record import Attempt, TaskRecord
 from conveyor.states import FAILURE, RETRY, REVOKED, STARTED, SUCCESS
 from conveyor.task import Request, Task
+from conveyor.worker.completer import Completion
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -59,65 +59,74 @@ class TaskRunner:
     """Handles reservations for one worker process. Thread-safe: keeps no per-message state."""
 
     def __init__(self, app: Conveyor, *, hostname: str,
-                 stopping: Callable[[], bool] = lambda: False) -> None:
+                 stopping: Callable[[], bool] = lambda: False,
+                 defer: Callable[[Completion], None] | None = None) -> None:
         self.app = app
         self.hostname = hostname
         self._stopping = stopping
+        #: Where successful tasks go to be recorded and acked in batches (None: do it here).
+        self.defer = defer
+        #: Whether the completer has work queued (then results go to it, not straight out).
+        self.completer_busy: Callable[[], bool] = lambda: False
 
     # -- entry point ----------------------------------------------------------------------
-    def handle(self, res: Reservation) -> None:
-        """Run ``res`` to completion: decode, check, run, record, follow up, ack."""
+    def handle(self, res: Reservation) -> bool:
+        """Run ``res`` to completion: decode, check, run, record, follow up, ack.
+
+        Returns True when the last steps were handed to :attr:`defer` (the completer), which
+        then owns the reservation.
+        """
         app = self.app
         try:
             msg = Message.decode(res.body, app.signer)
         except MessageDecodeError as exc:
             self._dead_letter(res, f"undecodable message: {exc}")
-            return
+            return False
         now = time.time()
         early = (msg.eta - now) if msg.eta is not None else 0.0
         if early > 0.5:
             # The broker's max_delay cut the delay short: send it on its next hop.
             self._reliably(lambda: app.enqueue([Outgoing(msg, res.queue, early)]))
             self._ack(res)
-            return
+            return False
         task = app.tasks.get(msg.task)
         if task is None:
             reason = (f"unknown task {msg.task!r}: the worker does not know it; make sure "
                       "the module defining it is imported by the app given with -A")
             self._finish_rejected(res, msg, reason, "conveyor.exceptions.NotRegisteredError")
-            return
+            return False
         if msg.expires is not None and now > msg.expires:
             self._store(self._record(msg, res, REVOKED, error=(
                 "conveyor.exceptions.TaskRevokedError",
                 f"expired at {msg.expires:.3f}, {now - msg.expires:.1f}s before it could run")))
             self._ack(res)
-            return
+            return False
         try:
             args, kwargs = msg.arguments(app.task_codec)
             self._check_signature(task, args, kwargs)
         except (MessageDecodeError, TypeError) as exc:
             self._finish_rejected(res, msg, f"bad arguments for {msg.task}: {exc}",
                                   f"{type(exc).__module__}.{type(exc).__qualname__}")
-            return
-        self._run(res, msg, task, args, kwargs)
+            return False
+        return self._run(res, msg, task, args, kwargs)
 
     # -- running --------------------------------------------------------------------------
     def _run(self, res: Reservation, msg: Message, task: Task[Any, Any], args: list[Any],
-             kwargs: dict[str, Any]) -> None:
+             kwargs: dict[str, Any]) -> bool:
         app = self.app
         history = list(msg.history)
         # Deliveries before this one ended without an outcome: their worker died or lost
         # its lease. Record them so the history shows what happened.
         for _ in range(res.attempts - 1):
-            history.append(asdict(Attempt(len(history) + 1, None, None, outcome="lost")))
+            history.append(Attempt(len(history) + 1, None, None, outcome="lost").to_dict())
         job = Job(res, msg, task, history, Attempt(len(history) + 1, self.hostname, time.time()))
         if app.conf.task_track_started:
-            started = self._record(msg, res, STARTED, attempts=[*history, asdict(job.attempt)])
+            started = self._record(msg, res, STARTED, attempts=[*history, job.attempt.to_dict()])
             if not self._store(started):
                 # A terminal record exists: an earlier delivery finished but was not acked.
                 log.info("task %s[%s] already finished; acking the duplicate", msg.task, msg.id)
                 self._ack(res)
-                return
+                return False
         if not app.conf.task_acks_late:
             self._ack(res)
         request = Request(id=msg.id, task=msg.task, args=args, kwargs=kwargs,
@@ -129,12 +138,12 @@ class TaskRunner:
             value = task.fn(task, *args, **kwargs) if task.bind else task.fn(*args, **kwargs)
         except Retry as signal:
             self._retry(job, signal, signal.exc)
-            return
+            return False
         except Reject as exc:
             attempt = self._close(job.attempt, "rejected", exc)
             self._finish_rejected(res, msg, f"rejected by task: {exc.reason}",
-                                  describe(exc)["type"], history=[*history, asdict(attempt)])
-            return
+                                  describe(exc)["type"], history=[*history, attempt.to_dict()])
+            return False
         except Exception as exc:
             tb = traceback.format_exc()
             if task.should_autoretry(exc) and not request.retries_exhausted:
@@ -142,41 +151,52 @@ class TaskRunner:
                     task.retry(exc=exc, countdown=task.backoff_delay(msg.retries))
                 except Retry as signal:
                     self._retry(job, signal, exc)
-                    return
+                    return False
                 except BaseException:  # retries used up: fall through to FAILURE
                     pass
             self._fail(job, exc, tb, exhausted=request.retries_exhausted)
-            return
+            return False
         finally:
             task._push_request(None)
-        self._succeed(job, value)
+        return self._succeed(job, value)
 
-    def _succeed(self, job: Job, value: Any) -> None:
+    def _succeed(self, job: Job, value: Any) -> bool:
         msg, res, task = job.msg, job.res, job.task
         try:
             result_type, packed = self.app.result_codec.pack(value)
         except SerializationError as exc:
             self._fail(job, exc, None, exhausted=False)
-            return
+            return False
         attempt = self._close(job.attempt, "success")
-        record = self._record(msg, res, SUCCESS, attempts=[*job.history, asdict(attempt)])
+        record = self._record(msg, res, SUCCESS, attempts=[*job.history, attempt.to_dict()])
         record.result, record.result_type = (None, "json") if task.ignore_result else (
             packed, result_type)
-        self._store(record)
+        followups = []
         if msg.callbacks:
             nxt = Signature.from_dict(msg.callbacks[0], app=self.app).clone((value,))
-            out = self.app.build_message(
+            # The PENDING record was written when the chain was sent; only enqueue it.
+            followups.append(self.app.build_message(
                 nxt.task, nxt.args, nxt.kwargs, **nxt.options, callbacks=msg.callbacks[1:],
-                chain_ids=msg.chain_ids[1:], parent=msg.id)
-            # The PENDING record was written when the chain was sent; only enqueue here.
-            self._reliably(lambda: self.app.enqueue([out]))
+                chain_ids=msg.chain_ids[1:], parent=msg.id))
+        if self.defer is not None and self.completer_busy():
+            # Under load: the completer stores it with others in one round trip.
+            self.defer(Completion(res, followups, record.to_stored()))
+            return True
+        self._store(record)
+        if self.defer is not None:
+            # Nobody waits for follow-ups and acks: the completer batches them.
+            self.defer(Completion(res, followups))
+            return True
+        if followups:
+            self._reliably(lambda: self.app.enqueue(followups))
         self._ack(res)
+        return False
 
     def _retry(self, job: Job, signal: Retry, exc: BaseException | None) -> None:
         msg, res = job.msg, job.res
         delay = max(0.0, signal.when if signal.when is not None else job.task.default_retry_delay)
         attempt = self._close(job.attempt, "retry", exc)
-        attempts = [*job.history, asdict(attempt)]
+        attempts = [*job.history, attempt.to_dict()]
         nxt = replace(msg, retries=msg.retries + 1, eta=time.time() + delay, history=attempts,
                       max_retries=signal.max_retries if signal.max_retries is not None
                       else msg.max_retries)
@@ -192,7 +212,7 @@ class TaskRunner:
     def _fail(self, job: Job, exc: BaseException, tb: str | None, *, exhausted: bool) -> None:
         msg, res, task = job.msg, job.res, job.task
         attempt = self._close(job.attempt, "failure", exc)
-        record = self._record(msg, res, FAILURE, attempts=[*job.history, asdict(attempt)],
+        record = self._record(msg, res, FAILURE, attempts=[*job.history, attempt.to_dict()],
                               error=self._error(exc), traceback_text=tb)
         dead = exhausted or (task.dead_letter_failures if task.dead_letter_failures is not None
                              else self.app.conf.task_dead_letter_failures)
@@ -232,9 +252,8 @@ class TaskRunner:
     # -- helpers --------------------------------------------------------------------------
     @staticmethod
     def _check_signature(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> None:
-        try:
-            sig = inspect.signature(task.fn)
-        except (TypeError, ValueError):
+        sig = task.call_signature
+        if sig is None:
             return
         if task.bind:
             sig.bind(None, *args, **kwargs)
@@ -244,8 +263,8 @@ class TaskRunner:
     @staticmethod
     def _close(attempt: Attempt, outcome: str, exc: BaseException | None = None) -> Attempt:
         error = describe(exc) if exc is not None else {"type": None, "message": None}
-        return replace(attempt, finished_at=time.time(), outcome=outcome,
-                       error_type=error["type"], error_message=error["message"])
+        return Attempt(attempt.number, attempt.worker, attempt.started_at, time.time(),
+                       outcome, error["type"], error["message"])
 
     @staticmethod
     def _error(exc: BaseException) -> tuple[str, str]:

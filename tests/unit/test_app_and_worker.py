@@ -21,7 +21,7 @@ from conveyor.exceptions import (
     TaskRevokedError,
     TimeoutError,
 )
-from conveyor.worker import Consumer
+from conveyor.worker import Consumer, TaskRunner
 
 
 @pytest.fixture
@@ -156,12 +156,12 @@ def test_first_terminal_write_wins_so_a_duplicate_delivery_is_not_rerun(
 
     result = once.delay()
     [res] = app.broker.reserve(["default"], lease=0.2)
-    consumer = Consumer(app, concurrency=1)
-    consumer.runner.handle(res)  # runs and records SUCCESS
+    runner = TaskRunner(app, hostname="test")
+    runner.handle(res)  # runs and records SUCCESS
     time.sleep(0.3)  # pretend the ack was lost: the lease lapses...
     app.broker.nack(res)
     [again] = app.broker.reserve(["default"], lease=1) or [res]
-    consumer.runner.handle(again)  # ...and the redelivery finds SUCCESS already written
+    runner.handle(again)  # ...and the redelivery finds SUCCESS already written
     assert runs == [1]
     assert result.get(timeout=1) == 1
 
@@ -177,9 +177,8 @@ def test_expired_task_is_revoked_not_run(app: Conveyor, worker: Consumer) -> Non
     time.sleep(0.5)
     result = late.apply_async(expires=0.1)
     time.sleep(0.3)
-    fresh = Consumer(app, concurrency=1)
     [res] = app.broker.reserve(["default"], lease=1)
-    fresh.runner.handle(res)
+    TaskRunner(app, hostname="test").handle(res)
     with pytest.raises(TaskRevokedError, match="expired"):
         result.get(timeout=1)
     assert ran == []
@@ -236,6 +235,9 @@ def test_graceful_stop_releases_prefetched_messages(app: Conveyor) -> None:
     started = threading.Event()
 
     @app.task
+    def quick() -> None: ...
+
+    @app.task
     def hold() -> str:
         started.set()
         time.sleep(0.5)
@@ -243,12 +245,36 @@ def test_graceful_stop_releases_prefetched_messages(app: Conveyor) -> None:
 
     consumer = Consumer(app, concurrency=1, prefetch_multiplier=3)
     thread = threading.Thread(target=consumer.run, daemon=True)
-    results = [hold.delay() for _ in range(3)]
     thread.start()
+    # Short tasks first: the worker learns they are short and starts to prefetch.
+    assert [quick.delay() for _ in range(5)][-1].get(timeout=10) is None
+    assert consumer.max_held == 3
+    results = [hold.delay() for _ in range(3)]
     assert started.wait(5)
-    time.sleep(0.1)
+    time.sleep(0.2)
+    assert app.broker.stats("default").reserved == 3  # one running, two prefetched
     consumer.stop()
     thread.join(10)
     assert results[0].get(timeout=1) == "done"
     stats = app.broker.stats("default")
-    assert stats.ready == 2 and stats.reserved == 0
+    assert stats.ready == 2
+    assert stats.reserved == 0
+
+
+def test_long_tasks_are_not_prefetched(app: Conveyor) -> None:
+    @app.task
+    def slow() -> None:
+        time.sleep(0.3)
+
+    consumer = Consumer(app, concurrency=1, prefetch_multiplier=4)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        results = [slow.delay() for _ in range(4)]
+        results[0].get(timeout=10)
+        time.sleep(0.1)
+        assert consumer.max_held == 1
+        assert app.broker.stats("default").reserved <= 1  # the rest wait for any worker
+    finally:
+        consumer.stop()
+        thread.join(10)

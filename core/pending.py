@@ -1,0 +1,126 @@
+"""PENDING records written behind the send path, so ``delay()`` costs one broker round trip.
+
+Each send queues its PENDING record here; a background thread writes whatever has queued up
+with one ``store_many`` (so a burst of sends becomes one backend round trip). Every read of
+results through the same app flushes first, so ``r = t.delay(); r.exists()`` is True in the
+sending process; other processes see the record a few milliseconds later. A PENDING write
+never replaces an existing record (backend contract), so one that lands after the worker's
+STARTED changes nothing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+
+from conveyor.backend import ResultBackend, StoredRecord
+from conveyor.exceptions import ConveyorError
+
+log = logging.getLogger("conveyor.pending")
+
+#: Most records written in one batch.
+BATCH = 1000
+#: Seconds the writer waits after the first record of a batch for more to arrive.
+LINGER = 0.002
+
+
+class PendingWriter:
+    """Batches PENDING records to the backend from one background thread per process.
+
+    ``add`` never blocks on I/O; ``flush`` writes everything added so far before returning.
+    """
+
+    def __init__(self, backend: Callable[[], ResultBackend], *, ttl: Callable[[], float | None]
+                 ) -> None:
+        self._backend = backend
+        self._ttl = ttl
+        self._cond = threading.Condition()
+        self._write_lock = threading.Lock()
+        self._buffer: list[StoredRecord] = []
+        self._pid = 0
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def add(self, records: list[StoredRecord]) -> None:
+        """Queue records to be written soon."""
+        with self._cond:
+            self._ensure_thread()
+            self._buffer.extend(records)
+            self._cond.notify()
+
+    def flush(self) -> None:
+        """Write every queued record now (waiting for a batch already being written)."""
+        if not self._buffer and not self._write_lock.locked():
+            return
+        with self._write_lock:
+            self._write(self._take(len(self._buffer) or 1))
+            while self._buffer:
+                self._write(self._take(BATCH))
+
+    def close(self) -> None:
+        """Flush and stop the thread."""
+        self.flush()
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def _ensure_thread(self) -> None:
+        # After a fork the child has the buffer but not the thread: start its own.
+        if self._thread is None or self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._closed = False
+            self._thread = threading.Thread(target=self._run, name="conveyor-pending",
+                                            daemon=True)
+            self._thread.start()
+            _LIVE.add(self)
+
+    def _take(self, limit: int) -> list[StoredRecord]:
+        with self._cond:
+            batch, self._buffer = self._buffer[:limit], self._buffer[limit:]
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._buffer and not self._closed:
+                    self._cond.wait()
+                if self._closed and not self._buffer:
+                    return
+            # Linger briefly so a burst of sends becomes one write, not one per send.
+            time.sleep(LINGER)
+            with self._write_lock:
+                self._write(self._take(BATCH))
+
+    def _write(self, batch: list[StoredRecord]) -> None:
+        if not batch:
+            return
+        pause = 0.05
+        for _ in range(8):
+            try:
+                self._backend().store_many(batch, ttl=self._ttl())
+                return
+            except ConveyorError as exc:
+                if not exc.retryable:
+                    log.error("could not write %d PENDING records: %s", len(batch), exc)
+                    return
+                time.sleep(pause)
+                pause *= 2
+        log.error("backend unavailable: %d PENDING records not written (the tasks still run "
+                  "and record their progress)", len(batch))
+
+
+_LIVE: weakref.WeakSet[PendingWriter] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_all() -> None:
+    for writer in list(_LIVE):
+        try:
+            writer.flush()
+        except Exception as exc:  # at exit: report, never raise
+            log.error("could not flush PENDING records at exit: %s", exc)
