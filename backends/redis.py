@@ -29,30 +29,41 @@ from conveyor.redisconn import (
 from conveyor.states import READY_STATES
 from conveyor.url import URL
 
-# KEYS: result, done. ARGV: state, data, ttl_ms (0: never expires), done_ttl_ms.
-# Returns 1 when written, 0 when a terminal record already exists (first terminal write
-# wins) or when a PENDING write finds any record (it must not hide a worker's progress).
+# Stores one or more records, each atomically with these rules: nothing replaces a terminal
+# record (first terminal write wins), and PENDING replaces nothing (it must not hide a
+# worker's progress). A terminal write leaves a "done" token that wakes waiters.
+# KEYS: result_1, done_1, result_2, done_2, ...
+# ARGV: ttl_ms (0: never expires), done_ttl_ms, state_1, data_1, state_2, data_2, ...
+# Returns a list with 1 (written) or 0 per record.
 _STORE = """
 local terminal = {@TERMINAL@}
-local current = redis.call('HGET', KEYS[1], 'state')
-if current and (terminal[current] or ARGV[1] == 'PENDING') then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'data', ARGV[2])
-if tonumber(ARGV[3]) > 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-else
-  redis.call('PERSIST', KEYS[1])
+local ttl = tonumber(ARGV[1])
+local done_ttl = tonumber(ARGV[2])
+if ttl > 0 then done_ttl = math.min(done_ttl, ttl) end
+local written = {}
+for i = 1, #KEYS / 2 do
+  local result, done = KEYS[2 * i - 1], KEYS[2 * i]
+  local state, data = ARGV[2 * i + 1], ARGV[2 * i + 2]
+  local current = redis.call('HGET', result, 'state')
+  if current and (terminal[current] or state == 'PENDING') then
+    written[i] = 0
+  else
+    redis.call('HSET', result, 'state', state, 'data', data)
+    if ttl > 0 then redis.call('PEXPIRE', result, ttl) else redis.call('PERSIST', result) end
+    if terminal[state] then
+      -- never outlive the record: a token without a terminal record would make waiters spin
+      redis.call('DEL', done)
+      redis.call('RPUSH', done, '1')
+      redis.call('PEXPIRE', done, done_ttl)
+    end
+    written[i] = 1
+  end
 end
-if terminal[ARGV[1]] then
-  redis.call('DEL', KEYS[2])
-  redis.call('RPUSH', KEYS[2], '1')
-  -- never outlive the record: a token without a terminal record would make waiters spin
-  local ttl = tonumber(ARGV[4])
-  if tonumber(ARGV[3]) > 0 then ttl = math.min(ttl, tonumber(ARGV[3])) end
-  redis.call('PEXPIRE', KEYS[2], ttl)
-end
-return 1
+return written
 """.replace("@TERMINAL@", ", ".join(f"[{s!r}] = true" for s in sorted(READY_STATES)))
 
+#: Records per script call in store_many (a script blocks the server while it runs).
+_STORE_CHUNK = 500
 #: How long a "done" token outlives the store; a waiter only needs it for the instant between
 #: its read and its blocking call.
 _DONE_TTL_MS = 60_000
@@ -82,40 +93,25 @@ class RedisResultBackend(ResultBackend):
 
     def store(self, record: StoredRecord, *, ttl: float | None) -> bool:
         """Write atomically in one script call; False (nothing written) when the id already
-        has a terminal record. A terminal write wakes every ``wait`` on the id."""
-        ttl_ms = 0 if ttl is None else max(round(ttl * 1000), 1)
-        task_id = record.task_id
-        with self._errors:
-            written = run_script(self._client, self._store,
-                                 (self._result + task_id, self._done + task_id),
-                                 (record.state, record.data, ttl_ms, _DONE_TTL_MS))
-        return bool(written)
+        has a terminal record, or when writing PENDING over any record. A terminal write wakes
+        every ``wait`` on the id."""
+        return self.store_many([record], ttl=ttl)[0]
 
     def store_many(self, records: Iterable[StoredRecord], *, ttl: float | None) -> list[bool]:
-        """Store several records in one pipelined round trip; each write is atomic on its own
-        and follows :meth:`store`'s first-terminal-write-wins rule."""
-        from redis.exceptions import NoScriptError
-
+        """Store records with one script call per 500 (each record atomic on its own, with
+        :meth:`store`'s rules)."""
         batch = list(records)
-        if not batch:
-            return []
         ttl_ms = 0 if ttl is None else max(round(ttl * 1000), 1)
-        with self._errors:
-            try:
-                return self._store_pipelined(batch, ttl_ms)
-            except NoScriptError:  # the server lost its script cache (restart, flush)
-                self._store.sha = self._client.script_load(_STORE)
-                return self._store_pipelined(batch, ttl_ms)
-
-    def _store_pipelined(self, batch: list[StoredRecord], ttl_ms: int) -> list[bool]:
-        # EVALSHA by hand: a pipeline given the Script object would first send SCRIPT EXISTS,
-        # costing a second round trip on every call.
-        pipe = self._client.pipeline(transaction=False)
-        for record in batch:
-            pipe.evalsha(self._store.sha, 2, self._result + record.task_id,
-                         self._done + record.task_id, record.state, record.data, ttl_ms,
-                         _DONE_TTL_MS)
-        return [bool(written) for written in pipe.execute()]
+        written: list[bool] = []
+        for start in range(0, len(batch), _STORE_CHUNK):
+            keys: list[str] = []
+            args: list[Any] = [ttl_ms, _DONE_TTL_MS]
+            for record in batch[start:start + _STORE_CHUNK]:
+                keys += (self._result + record.task_id, self._done + record.task_id)
+                args += (record.state, record.data)
+            with self._errors:
+                written += (bool(w) for w in run_script(self._client, self._store, keys, args))
+        return written
 
     def get(self, task_id: str) -> StoredRecord | None:
         """The record, or None when missing or expired (Redis drops it at its TTL)."""

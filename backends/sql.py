@@ -77,13 +77,45 @@ class SQLResultBackend(ResultBackend):
                 set_={k: stmt.excluded[k] for k in ("state", "data", "updated_at",
                                                       "expires_at")},
                 where=self._writable(now, values["state"]))
-            with self._db.begin() as conn:
+            with self._db.begin(single=True) as conn:
                 # Both dialects count a row the WHERE skipped as 0, an insert or update as 1.
                 done = conn.execute(stmt, execution_options={"preserve_rowcount": True})
                 written = done.rowcount == 1
                 if written and record.ready:
                     self._db.notify(conn, "results", record.task_id)
         return written
+
+    def store_many(self, records: Iterable[StoredRecord], *, ttl: float | None) -> list[bool]:
+        """Store several records with :meth:`store`'s rules, in one statement on PostgreSQL
+        and SQLite (a multi-row upsert whose RETURNING says which rows were written), in one
+        transaction on MySQL."""
+        batch = list(records)
+        if not batch:
+            return []
+        if self._db.dialect == "mysql" or len({r.task_id for r in batch}) < len(batch):
+            # MySQL has no RETURNING; and an upsert may not touch one row twice.
+            return [self.store(r, ttl=ttl) for r in batch]
+        now = self._db.now()
+        expires = None if ttl is None else now + float(ttl)
+        rows = [{"task_id": r.task_id, "state": str(r.state), "data": bytes(r.data),
+                 "updated_at": now, "expires_at": expires} for r in batch]
+        insert = postgresql.insert if self._db.dialect == "postgresql" else sqlite.insert
+        upsert = insert(self._t).values(rows)
+        # The row-by-row rule of _writable(), with the state being written taken from
+        # EXCLUDED: an expired row always; a live one unless it is terminal or the write is
+        # PENDING.
+        writable = ~self._live(now) | ((upsert.excluded.state != "PENDING")
+                                       & self._t.c.state.not_in(_TERMINAL))
+        stmt = upsert.on_conflict_do_update(
+            index_elements=[self._t.c.task_id],
+            set_={k: upsert.excluded[k] for k in ("state", "data", "updated_at", "expires_at")},
+            where=writable).returning(self._t.c.task_id)
+        with self._db.begin(single=True) as conn:
+            written = {row[0] for row in conn.execute(stmt)}
+            if any(r.ready and r.task_id in written for r in batch):
+                # One notification wakes every waiter; each re-reads its own record.
+                self._db.notify(conn, "results", "*")
+        return [r.task_id in written for r in batch]
 
     def _store_mysql(self, values: dict[str, Any], now: Any) -> bool:
         # ON DUPLICATE KEY UPDATE assigns columns left to right, each seeing the ones before,

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from conveyor.config import Settings
-from conveyor.exceptions import TaskOptionError
+from conveyor.exceptions import ConveyorError, TaskOptionError
 from conveyor.ids import new_id
 from conveyor.message import Message
 from conveyor.pending import PendingWriter
@@ -255,9 +255,24 @@ class Conveyor:
             buckets[(o.queue, delay)].append(body)
         for (queue, delay), bodies in buckets.items():
             if len(bodies) == 1:
-                self.broker.enqueue(queue, bodies[0], delay=delay)
+                self._retrying(self.broker.enqueue, queue, bodies[0], delay=delay)
             else:
-                self.broker.enqueue_many(queue, bodies, delay=delay)
+                self._retrying(self.broker.enqueue_many, queue, bodies, delay=delay)
+
+    def _retrying(self, send: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+        """Send, retrying a lost connection ``task_publish_retries`` times (0.1 s, 0.2 s,
+        ...), as Celery's publish retry does. May duplicate a message whose first send
+        reached the broker, never lose one."""
+        pause = 0.1
+        for attempt in range(self.conf.task_publish_retries + 1):
+            try:
+                send(*args, **kwargs)
+                return
+            except ConveyorError as exc:
+                if not exc.retryable or attempt == self.conf.task_publish_retries:
+                    raise
+                time.sleep(pause)
+                pause *= 2
 
     def send_task(self, name: str, args: Iterable[Any] | None = None,
                   kwargs: dict[str, Any] | None = None, **options: Any) -> AsyncResult:

@@ -30,6 +30,8 @@ class Settings:
     result_expires: float | None = 86400.0
     #: Write a PENDING record at send time, so a queued task is told apart from an unknown id.
     task_store_pending: bool = True
+    #: Times a send is retried when the broker connection was lost.
+    task_publish_retries: int = 3
     task_track_started: bool = True
     #: Ack after the outcome is stored (at-least-once). False acks before running (at-most-once).
     task_acks_late: bool = True

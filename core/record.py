@@ -57,8 +57,10 @@ class TaskRecord:
 
     def to_stored(self) -> StoredRecord:
         """Encode for a backend driver."""
-        # A shallow dict: asdict() would deep-copy the attempt history on every write.
-        data = {name: getattr(self, name) for name in _FIELDS}
+        # A shallow dict (asdict() would deep-copy the attempt history on every write),
+        # without fields left at their empty defaults.
+        data = {name: value for name in _FIELDS
+                if (value := getattr(self, name)) is not None and value != []}
         return StoredRecord(self.task_id, self.state, dumps_json(data))
 
     @classmethod

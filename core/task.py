@@ -47,7 +47,7 @@ class Task(Generic[P, R]):
     """A registered task. Calling it runs the function here; ``delay`` sends it to a worker."""
 
     def __init__(self, app: Conveyor, fn: Callable[..., R], *, name: str, bind: bool = False,
-                 queue: str | None = None, max_retries: int | type[Ellipsis] | None = ...,
+                 queue: str | None = None, max_retries: int | EllipsisType | None = ...,
                  default_retry_delay: float | None = None,
                  autoretry_for: Sequence[type[BaseException]] = (),
                  dont_autoretry_for: Sequence[type[BaseException]] = (),
@@ -130,9 +130,16 @@ class Task(Generic[P, R]):
     def map(self, arguments: Iterable[Sequence[Any]], *,
             queue: str | None = None) -> GroupResult:
         """Send one task per argument tuple in one batch; returns a :class:`GroupResult`."""
-        from conveyor.canvas import group
+        from conveyor.ids import new_id
+        from conveyor.result import AsyncResult, GroupResult
 
-        return group(self.s(*args) for args in arguments).apply_async(queue=queue)
+        group_id = new_id()
+        queue = queue or self.queue
+        batch = [self.app.build_message(self.name, args, None, queue=queue, group=group_id)
+                 for args in arguments]
+        self.app.publish(batch)
+        return GroupResult([AsyncResult(o.message.id, app=self.app) for o in batch],
+                           id=group_id)
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature: this task with (partial) arguments, for chains and groups."""
@@ -185,7 +192,7 @@ class Task(Generic[P, R]):
         delay = min(factor * (2 ** retries), self.retry_backoff_max)
         if self.retry_jitter:
             delay = random.uniform(0, delay)
-        return delay
+        return float(delay)
 
     def should_autoretry(self, exc: BaseException) -> bool:
         """True when ``exc`` matches ``autoretry_for`` and not ``dont_autoretry_for``."""

@@ -191,6 +191,22 @@ class BackendTerminalWriteContract(BackendFixtures):
         assert backend.store(_record(task_id, "PENDING"), ttl=None) is True
         assert backend.get(task_id) == _record(task_id, "PENDING")
 
+    def test_store_many_follows_the_same_rules_per_record(
+            self, backend: ResultBackend, new_task_id: Callable[[], str]) -> None:
+        done, running, fresh, queued = (new_task_id() for _ in range(4))
+        backend.store(_record(done, "SUCCESS", b"kept"), ttl=None)
+        backend.store(_record(running, "STARTED"), ttl=None)
+        written = backend.store_many(
+            [_record(done, "FAILURE"), _record(running, "SUCCESS", b"new"),
+             _record(fresh, "PENDING"), _record(queued, "RETRY")], ttl=None)
+        assert written == [False, True, True, True]
+        assert backend.store_many([_record(running, "PENDING"), _record(fresh, "PENDING")],
+                                  ttl=None) == [False, False]
+        assert backend.get(done) == _record(done, "SUCCESS", b"kept")
+        assert backend.get(running) == _record(running, "SUCCESS", b"new")
+        assert backend.get(fresh) == _record(fresh, "PENDING")
+        assert backend.store_many([], ttl=None) == []
+
     def test_terminal_write_replaces_a_progress_state(
             self, backend: ResultBackend, task_id: str) -> None:
         assert backend.store(_record(task_id, "STARTED"), ttl=None) is True

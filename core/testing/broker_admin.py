@@ -75,7 +75,6 @@ class BrokerDeadLetterContract(BrokerFixtures):
 
     def test_dead_letters_are_listed_oldest_first(
             self, broker: Broker, queue: str, timings: BrokerTimings) -> None:
-        require_capability(broker.capabilities.fifo, broker, "fifo=True")
         held = _dead(broker, queue, timings, [b"a", b"b", b"c"])
         assert [d.message_id for d in broker.dead_letters(queue)] == [
             r.message_id for r in held]

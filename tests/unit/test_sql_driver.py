@@ -221,11 +221,12 @@ def test_waiting_reserve_on_postgres_wakes_on_notify(postgres_url: str) -> None:
             broker.enqueue("q", b"hello")
             sent.append(time.monotonic())
 
-        threading.Timer(0.5, send).start()
+        # 1.5 s falls between two polls of the backoff (1.27 s and 2.55 s), so only a
+        # notification can wake the reserve within 0.2 s.
+        threading.Timer(1.5, send).start()
         got = broker.reserve(["q"], lease=30, wait=5)
         woke = time.monotonic()
         assert [r.body for r in got] == [b"hello"]
-        # Polling at poll_interval=2 s would take far longer than this.
         assert woke - sent[0] < 0.2
     finally:
         with broker._db.engine.begin() as conn:
