@@ -3,7 +3,8 @@
 Keys (prefix ``conveyor:`` by default)::
 
     conveyor:result:<id>   HASH  state, data; expires by Redis TTL (PX, ms)
-    conveyor:done:<id>     LIST  one token pushed when a terminal state is stored; short TTL
+    conveyor:done:<id>     LIST  one token pushed when a terminal state is stored: the record
+                                 itself ("STATE\\nDATA") when under 64 KiB, else "1"; short TTL
 
 Why a token list rather than PUBLISH: a waiter reads the record, then blocks on the list. A
 result stored between the two leaves its token behind, so the waiter returns at once; with
@@ -29,6 +30,9 @@ from conveyor.redisconn import (
 from conveyor.states import READY_STATES
 from conveyor.url import URL
 
+#: Largest record data (bytes) a "done" token carries itself.
+_INLINE_MAX = 65536
+
 # Stores one or more records, each atomically with these rules: nothing replaces a terminal
 # record (first terminal write wins), and PENDING replaces nothing (it must not hide a
 # worker's progress). A terminal write leaves a "done" token that wakes waiters.
@@ -51,16 +55,22 @@ for i = 1, #KEYS / 2 do
     redis.call('HSET', result, 'state', state, 'data', data)
     if ttl > 0 then redis.call('PEXPIRE', result, ttl) else redis.call('PERSIST', result) end
     if terminal[state] then
-      -- never outlive the record: a token without a terminal record would make waiters spin
+      -- The token carries the record itself when small, so a woken waiter needs no second
+      -- read. It never outlives the record: a token without one would make waiters spin.
       redis.call('DEL', done)
-      redis.call('RPUSH', done, '1')
+      if #data <= @INLINE@ then
+        redis.call('RPUSH', done, state .. '\\n' .. data)
+      else
+        redis.call('RPUSH', done, '1')
+      end
       redis.call('PEXPIRE', done, done_ttl)
     end
     written[i] = 1
   end
 end
 return written
-""".replace("@TERMINAL@", ", ".join(f"[{s!r}] = true" for s in sorted(READY_STATES)))
+""".replace("@INLINE@", str(_INLINE_MAX)).replace(
+    "@TERMINAL@", ", ".join(f"[{s!r}] = true" for s in sorted(READY_STATES)))
 
 #: Records per script call in store_many (a script blocks the server while it runs).
 _STORE_CHUNK = 500
@@ -158,7 +168,10 @@ class RedisResultBackend(ResultBackend):
             # redis-py annotates the timeout as int; the server takes fractional seconds.
             seconds: Any = block_timeout(self._client, block)
             with self._errors:
-                self._client.blmove(done, done, seconds, "LEFT", "LEFT")
+                token = self._client.blmove(done, done, seconds, "LEFT", "LEFT")
+            if token and b"\n" in token:  # the record itself (see _STORE)
+                state, _, data = bytes(token).partition(b"\n")
+                return StoredRecord(task_id, state.decode(), data)
 
     def info(self) -> dict[str, str]:
         """The server's name and version, and the key prefix."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from conveyor.backend import StoredRecord
 from conveyor.config import Settings
 from conveyor.exceptions import ConveyorError, TaskOptionError
 from conveyor.ids import new_id
@@ -18,8 +19,7 @@ from conveyor.message import Message
 from conveyor.pending import PendingWriter
 from conveyor.record import TaskRecord
 from conveyor.registry import backend_from_url, broker_from_url
-from conveyor.serialization import Codec, Signer
-from conveyor.states import PENDING
+from conveyor.serialization import Codec, Signer, dumps_json
 from conveyor.task import Task
 from conveyor.url import URL
 
@@ -41,7 +41,7 @@ def to_timestamp(value: datetime | float) -> float:
 
 @dataclass
 class Outgoing:
-    """A message ready to publish: where, after how long, and its PENDING record."""
+    """A message ready to publish: the queue it goes to and its delay in seconds."""
 
     message: Message
     queue: str
@@ -219,14 +219,20 @@ class Conveyor:
         bodies = [o.message.encode(self.signer) for o in batch]
         self.enqueue(batch, bodies)
         if self.conf.task_store_pending:
-            self.pending.add([self.pending_record(o).to_stored() for o in batch])
+            self.pending.add([self.pending_record(o) for o in batch])
 
     @staticmethod
-    def pending_record(o: Outgoing) -> TaskRecord:
-        """The PENDING record of a message being sent."""
-        return TaskRecord(o.message.id, PENDING, task=o.message.task, queue=o.queue,
-                          parent=o.message.parent, group=o.message.group,
-                          updated_at=o.message.sent_at)
+    def pending_record(o: Outgoing) -> StoredRecord:
+        """The PENDING record of a message being sent (the fields a :class:`TaskRecord`
+        reads back, built directly: this runs once per message sent)."""
+        msg = o.message
+        data: dict[str, Any] = {"task_id": msg.id, "state": "PENDING", "task": msg.task,
+                                "queue": o.queue, "updated_at": msg.sent_at}
+        if msg.parent is not None:
+            data["parent"] = msg.parent
+        if msg.group is not None:
+            data["group"] = msg.group
+        return StoredRecord(msg.id, "PENDING", dumps_json(data))
 
     @property
     def pending(self) -> PendingWriter:
@@ -253,11 +259,11 @@ class Conveyor:
         for o, body in zip(batch, bodies, strict=True):
             delay = o.delay if limit is None else min(o.delay, limit)
             buckets[(o.queue, delay)].append(body)
-        for (queue, delay), bodies in buckets.items():
-            if len(bodies) == 1:
-                self._retrying(self.broker.enqueue, queue, bodies[0], delay=delay)
+        for (queue, delay), same in buckets.items():
+            if len(same) == 1:
+                self._retrying(self.broker.enqueue, queue, same[0], delay=delay)
             else:
-                self._retrying(self.broker.enqueue_many, queue, bodies, delay=delay)
+                self._retrying(self.broker.enqueue_many, queue, same, delay=delay)
 
     def _retrying(self, send: Callable[..., object], *args: Any, **kwargs: Any) -> None:
         """Send, retrying a lost connection ``task_publish_retries`` times (0.1 s, 0.2 s,

@@ -3,7 +3,7 @@
 Each send queues its PENDING record here; a background thread writes whatever has queued up
 with one ``store_many`` (so a burst of sends becomes one backend round trip). Every read of
 results through the same app flushes first, so ``r = t.delay(); r.exists()`` is True in the
-sending process; other processes see the record a few milliseconds later. A PENDING write
+sending process; other processes see the record within about LINGER (50 ms). A PENDING write
 never replaces an existing record (backend contract), so one that lands after the worker's
 STARTED changes nothing.
 """
@@ -25,8 +25,9 @@ log = logging.getLogger("conveyor.pending")
 
 #: Most records written in one batch.
 BATCH = 1000
-#: Seconds the writer waits after the first record of a batch for more to arrive.
-LINGER = 0.002
+#: Seconds the writer waits after the first record of a batch for more to arrive: at most
+#: one wake-up per LINGER, so the writer barely competes with the sending thread for the GIL.
+LINGER = 0.05
 
 
 class PendingWriter:

@@ -368,7 +368,7 @@ def test_a_large_batch_is_reserved_in_one_call(broker: RedisBroker) -> None:
     assert broker.stats("big").reserved == 2500
 
 
-def test_store_many_is_one_round_trip_and_keeps_first_terminal_write_wins(
+def test_store_many_is_one_script_call_and_keeps_first_terminal_write_wins(
         private_server: RedisServer) -> None:
     backend = RedisResultBackend(URL(private_server.url))
     backend.store(StoredRecord("done", "SUCCESS", b"first"), ttl=60)
@@ -378,10 +378,10 @@ def test_store_many_is_one_round_trip_and_keeps_first_terminal_write_wins(
                                   StoredRecord("done", "FAILURE", b"late"),
                                   StoredRecord("b", "SUCCESS", b"2")], ttl=60)
     assert written == [True, False, True]
-    assert command_calls(counter)["evalsha"] == 3
+    assert command_calls(counter)["evalsha"] == 1  # the whole batch in one script call
     assert "script" not in command_calls(counter)
     assert backend.get("done") == StoredRecord("done", "SUCCESS", b"first")
-    counter.script_flush()  # as after a restart: the pipeline must reload the script
+    counter.script_flush()  # as after a restart: the script must be loaded again
     assert backend.store_many([StoredRecord("c", "STARTED", b"")], ttl=60) == [True]
     backend.close()
     counter.close()
