@@ -169,8 +169,9 @@ class RedisResultBackend(ResultBackend):
             seconds: Any = block_timeout(self._client, block)
             with self._errors:
                 token = self._client.blmove(done, done, seconds, "LEFT", "LEFT")
-            if token and b"\n" in token:  # the record itself (see _STORE)
-                state, _, data = bytes(token).partition(b"\n")
+            raw = cast("bytes | None", token)  # the client returns bytes, never str
+            if raw and b"\n" in raw:  # the record itself (see _STORE)
+                state, _, data = raw.partition(b"\n")
                 return StoredRecord(task_id, state.decode(), data)
 
     def info(self) -> dict[str, str]:
