@@ -1,0 +1,16 @@
+"""The conveyor side of the benchmark: one no-op task.
+
+``bench/run.py`` points it at the server under test through ``CONVEYOR_BROKER_URL`` and
+``CONVEYOR_BACKEND_URL``; everything else is conveyor's defaults (late ack, leases, STARTED
+and results stored, PENDING stored at send time).
+"""
+
+from conveyor import Conveyor
+
+app = Conveyor("bench")
+
+
+@app.task
+def add(x: int, y: int) -> int:
+    """Return ``x + y``: the work is nil, so the figures measure the queue."""
+    return x + y
