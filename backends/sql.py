@@ -60,6 +60,10 @@ class SQLResultBackend(ResultBackend):
             return ~self._live(now)
         return self._t.c.state.not_in(_TERMINAL) | ~self._live(now)
 
+    def info(self) -> dict[str, str]:
+        """Dialect, table prefix and schema version, for ``conveyor check``."""
+        return self._db.info()
+
     def store(self, record: StoredRecord, *, ttl: float | None) -> bool:
         """Write ``record`` unless a live terminal record exists; atomic, returns whether it
         was written. A terminal write also wakes PostgreSQL waiters."""

@@ -157,6 +157,10 @@ class SQLBroker(Broker):
         t = self._t
         return (t.c.id == reservation.message_id) & (t.c.lease_token == reservation.receipt)
 
+    def info(self) -> dict[str, str]:
+        """Dialect, table prefix and schema version, for ``conveyor check``."""
+        return self._db.info()
+
     def ack(self, reservation: Reservation) -> None:
         """Delete the message if it still carries this reservation's token. Idempotent."""
         with self._db.begin(single=True) as conn:

@@ -468,7 +468,8 @@ def check(state: dict[str, Any], app_path: str | None, as_json: bool) -> None:
             extra = " ".join(f"{k}={v}" for k, v in r.items() if k not in {"url", "ok", "ms",
                                                                              "error"})
             if r["ok"]:
-                out.print(f"[green]ok[/green]   {kind} {r['url']} ({r['ms']} ms) {extra}".rstrip())
+                out.print(f"[green]ok[/green]   {kind} {r['url']} ({r['ms']} ms) {extra}".rstrip(),
+                          soft_wrap=True)
             else:
                 err.print(f"[red]FAIL[/red] {kind} {r['url']}: {r['error']}", highlight=False)
         for problem in report["settings"]:

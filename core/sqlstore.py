@@ -435,6 +435,18 @@ class SQLStore:
                 f"{self.url.masked}: the {self.prefix}* tables have schema version {found}, "
                 f"newer than this conveyor knows ({SCHEMA_VERSION}); upgrade conveyor")
 
+    def info(self) -> dict[str, str]:
+        """Facts for ``conveyor check``: dialect, table prefix and the recorded schema version
+        of this component (creating the tables first, as any use would)."""
+        self.ensure_schema()
+        table = self.tables.schema
+        with errors(self.url), self.engine.connect() as conn:
+            found = conn.scalar(sa.select(table.c.version)
+                                .where(table.c.component == self.component))
+        state = "current" if found == SCHEMA_VERSION else "older, needs migration"
+        return {"dialect": self.dialect, "tables": f"{self.prefix}*",
+                "schema": f"v{found} ({state})"}
+
     # -- notifications (PostgreSQL) ---------------------------------------------------------
     def channel(self, name: str) -> str:
         """The NOTIFY channel for ``name`` under this prefix."""

@@ -138,3 +138,12 @@ def test_sqlite_file_in_a_missing_directory_is_a_clear_error(tmp_path: Path,
     code, output = run("--broker", f"sqlite:///{tmp_path}/missing/dir/q.db", "queues")
     assert code == 1
     assert "missing/dir" in output
+
+
+def test_check_reports_the_sql_schema_state(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path}/check.db"
+    code, output = run("--broker", url, "--backend", url, "check")
+    assert code == 0
+    assert output.count("schema=v1 (current)") == 2
