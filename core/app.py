@@ -162,7 +162,12 @@ class Conveyor:
         ``queue``, ``expires``, ``ignore_result``, ``dead_letter_failures``.
         """
         def register(func: Callable[..., Any]) -> Task[Any, Any]:
-            task_name = name or f"{func.__module__}.{func.__qualname__}"
+            module = func.__module__
+            if module == "__main__" and self.main:
+                # As Celery: a module run as a script names its tasks after the app, so they
+                # match the names a worker importing that module registers.
+                module = self.main
+            task_name = name or f"{module}.{func.__qualname__}"
             task: Task[Any, Any] = Task(self, func, name=task_name, bind=bind, **options)
             self.tasks[task_name] = task
             return task

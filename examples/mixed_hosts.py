@@ -15,7 +15,7 @@ import os
 from conveyor import Conveyor
 
 app = Conveyor(
-    "shop",
+    "mixed_hosts",  # the module's name: tasks keep their names when it runs as a script
     broker=os.environ.get("CONVEYOR_BROKER_URL", "redis://localhost:6379/0"),
     backend=os.environ.get("CONVEYOR_BACKEND_URL",
                            "postgresql+psycopg://postgres@localhost:5432/postgres"),

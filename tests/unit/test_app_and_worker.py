@@ -278,3 +278,13 @@ def test_long_tasks_are_not_prefetched(app: Conveyor) -> None:
     finally:
         consumer.stop()
         thread.join(10)
+
+
+def test_tasks_of_a_script_are_named_after_the_app_as_in_celery() -> None:
+    app = Conveyor("shop", broker="memory://names", backend="memory://names")
+
+    def charge() -> None: ...
+
+    charge.__module__ = "__main__"  # as in a module run with ``python shop.py``
+    charge.__qualname__ = "charge"
+    assert app.task(charge).name == "shop.charge"
