@@ -17,8 +17,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 
 from conveyor.backend import BackendCapabilities, ResultBackend, StoredRecord
-from conveyor.exceptions import ConfigurationError
-from conveyor.sqlstore import SQLStore, backoff
+from conveyor.sqlstore import SQLStore, backoff, check_options
 from conveyor.states import READY_STATES
 from conveyor.url import URL
 
@@ -40,12 +39,7 @@ class SQLResultBackend(ResultBackend):
     def __init__(self, url: URL, *, table_prefix: str = "conveyor_",
                  poll_interval: float = 0.2, pool_size: int = 10, **options: Any) -> None:
         super().__init__(url)
-        if options:
-            raise ConfigurationError(
-                f"unknown option(s) for the SQL result backend: {', '.join(sorted(options))}")
-        if not poll_interval > 0:
-            raise ConfigurationError(f"poll_interval must be > 0 seconds, not {poll_interval!r}")
-        self.poll_interval = float(poll_interval)
+        self.poll_interval = check_options("result backend", options, poll_interval)
         self._db = SQLStore(url, "backend", table_prefix=table_prefix, pool_size=pool_size)
         self._t = self._db.tables.results
 

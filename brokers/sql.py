@@ -22,8 +22,7 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 
 from conveyor.broker import Broker, BrokerCapabilities, DeadLetter, QueueStats, Reservation
-from conveyor.exceptions import ConfigurationError
-from conveyor.sqlstore import SQLStore, backoff
+from conveyor.sqlstore import SQLStore, backoff, check_options
 from conveyor.url import URL
 
 _ID_LOCK = threading.Lock()
@@ -56,12 +55,7 @@ class SQLBroker(Broker):
     def __init__(self, url: URL, *, table_prefix: str = "conveyor_",
                  poll_interval: float = 0.2, pool_size: int = 10, **options: Any) -> None:
         super().__init__(url)
-        if options:
-            raise ConfigurationError(
-                f"unknown option(s) for the SQL broker: {', '.join(sorted(options))}")
-        if not poll_interval > 0:
-            raise ConfigurationError(f"poll_interval must be > 0 seconds, not {poll_interval!r}")
-        self.poll_interval = float(poll_interval)
+        self.poll_interval = check_options("broker", options, poll_interval)
         self._db = SQLStore(url, "broker", table_prefix=table_prefix, pool_size=pool_size)
         self._t = self._db.tables.messages
         self._dead = self._db.tables.dead

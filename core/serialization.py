@@ -65,15 +65,9 @@ class Codec:
         self.serializer = serializer
         self.accept = frozenset(accept)
 
-    def pack(self, value: Any, *, check: bool = True) -> tuple[str, Any]:
-        """Encode ``value``; raises :class:`SerializationError` at once.
-
-        With ``check=False`` a JSON value is passed through unchecked: the caller encodes it
-        right after (and gets the same error there, still before anything is sent).
-        """
+    def pack(self, value: Any) -> tuple[str, Any]:
+        """Encode ``value``; raises :class:`SerializationError` at once."""
         if self.serializer == "json":
-            if not check:
-                return "json", value
             # Round-trip so that what is stored is exactly what a reader will get back.
             return "json", json.loads(dumps_json(value))
         try:

@@ -484,6 +484,17 @@ class SQLStore:
         release_engine(self.url, self.engine)
 
 
+def check_options(kind: str, options: dict[str, Any], poll_interval: float) -> float:
+    """Refuse unknown driver options and a non-positive ``poll_interval`` with a
+    :class:`ConfigurationError` naming them; return ``poll_interval`` as a float."""
+    if options:
+        raise ConfigurationError(
+            f"unknown option(s) for the SQL {kind}: {', '.join(sorted(options))}")
+    if not poll_interval > 0:
+        raise ConfigurationError(f"poll_interval must be > 0 seconds, not {poll_interval!r}")
+    return float(poll_interval)
+
+
 def backoff(start: float, cap: float) -> Callable[[], float]:
     """A pause generator doubling from ``start`` to ``cap`` seconds."""
     pause = [start / 2]

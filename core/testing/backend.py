@@ -16,6 +16,7 @@ import pytest
 
 from conveyor.backend import ResultBackend, StoredRecord
 from conveyor.registry import backend_from_url
+from conveyor.testing.threads import run_together
 
 #: A ttl the expiry tests wait out, and how long past it they wait (second-resolution servers).
 SHORT_TTL = 1.0
@@ -256,27 +257,11 @@ class BackendExpiryContract(BackendFixtures):
 
 def _race_terminal_writes(writers: list[ResultBackend], task_id: str) -> list[bool]:
     """Writers store different terminal records for ``task_id`` at once; return their results."""
-    results: list[bool | None] = [None] * len(writers)
-    errors: list[BaseException] = []
-    start = threading.Barrier(len(writers))
+    def write(index: int) -> bool:
+        state = "SUCCESS" if index % 2 == 0 else "FAILURE"
+        return writers[index].store(_record(task_id, state, b"writer-%d" % index), ttl=None)
 
-    def write(index: int) -> None:
-        try:
-            start.wait()
-            state = "SUCCESS" if index % 2 == 0 else "FAILURE"
-            results[index] = writers[index].store(
-                _record(task_id, state, b"writer-%d" % index), ttl=None)
-        except BaseException as exc:  # reported by the test thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(len(writers))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return [bool(r) for r in results]
+    return [bool(r) for r in run_together(write, len(writers))]
 
 
 class BackendConcurrencyContract(BackendFixtures):
@@ -307,27 +292,15 @@ class BackendConcurrencyContract(BackendFixtures):
             self, backend: ResultBackend, backend_factory: Callable[[], ResultBackend],
             task_id: str) -> None:
         writers = [backend_factory() for _ in range(RACE_WRITERS)]
-        start = threading.Barrier(len(writers))
-        errors: list[BaseException] = []
 
         def write(index: int) -> None:
-            try:
-                start.wait()
-                for round_ in range(15):
-                    if index == 0 and round_ == 5:
-                        writers[0].store(_record(task_id, "SUCCESS"), ttl=None)
-                    else:
-                        writers[index].store(_record(task_id, "STARTED"), ttl=None)
-            except BaseException as exc:  # reported by the test thread
-                errors.append(exc)
+            for round_ in range(15):
+                if index == 0 and round_ == 5:
+                    writers[0].store(_record(task_id, "SUCCESS"), ttl=None)
+                else:
+                    writers[index].store(_record(task_id, "STARTED"), ttl=None)
 
-        threads = [threading.Thread(target=write, args=(i,)) for i in range(len(writers))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if errors:
-            raise errors[0]
+        run_together(write, len(writers))
         assert backend.get(task_id) == _record(task_id, "SUCCESS")
 
 

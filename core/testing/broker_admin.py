@@ -15,6 +15,7 @@ from conveyor.testing.broker import (
     reserve_count,
     reserve_within,
 )
+from conveyor.testing.threads import run_together
 
 #: Messages raced for by the concurrency tests, and the consumers racing for them.
 RACE_MESSAGES = 200
@@ -181,33 +182,21 @@ class BrokerAdminContract(BrokerFixtures):
 def _race(consumers: list[Broker], queue: str, timings: BrokerTimings) -> list[Reservation]:
     """Consumers reserve concurrently until every message is taken; return all reservations."""
     taken: list[tuple[Broker, Reservation]] = []
-    errors: list[BaseException] = []
     lock = threading.Lock()
-    start = threading.Barrier(len(consumers))
     deadline = time.monotonic() + 20 + 10 * timings.slack
 
-    def consume(consumer: Broker) -> None:
-        try:
-            start.wait()
-            while time.monotonic() < deadline:
-                with lock:
-                    if len(taken) >= RACE_MESSAGES or errors:
-                        return
-                got = consumer.reserve([queue], lease=timings.long_lease,
-                                       wait=min(timings.tick, 0.5), limit=5)
-                with lock:
-                    taken.extend((consumer, r) for r in got)
-        except BaseException as exc:  # reported by the test thread
+    def consume(index: int) -> None:
+        consumer = consumers[index]
+        while time.monotonic() < deadline:
             with lock:
-                errors.append(exc)
+                if len(taken) >= RACE_MESSAGES:
+                    return
+            got = consumer.reserve([queue], lease=timings.long_lease,
+                                   wait=min(timings.tick, 0.5), limit=5)
+            with lock:
+                taken.extend((consumer, r) for r in got)
 
-    threads = [threading.Thread(target=consume, args=(c,)) for c in consumers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
+    run_together(consume, len(consumers))
     for consumer, reservation in taken:
         consumer.ack(reservation)
     return [r for _, r in taken]
