@@ -167,12 +167,16 @@ def test_expired_results_are_deleted_by_purge_and_kept_otherwise(any_url: str) -
 
 
 _CLAIMER = """
-import sys, time
+import os, sys, time
 from conveyor.url import URL
 from conveyor.brokers.sql import SQLBroker
 broker = SQLBroker(URL(sys.argv[1]))
-broker.stats("q")  # connect before the gate opens
-time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all processes start together
+broker.stats("q")  # connect before the race starts
+barrier, racers = sys.argv[2], int(sys.argv[3])
+open(os.path.join(barrier, str(os.getpid())), "w").close()
+deadline = time.monotonic() + 60
+while len(os.listdir(barrier)) < racers and time.monotonic() < deadline:
+    time.sleep(0.01)  # start together however slowly each process imported
 idle_until = time.monotonic() + 3
 while time.monotonic() < idle_until:
     got = broker.reserve(["q"], lease=60, limit=3, wait=0.2)
@@ -181,17 +185,19 @@ while time.monotonic() < idle_until:
         broker.ack(r)
     if got:
         idle_until = time.monotonic() + 1
+        time.sleep(0.002)  # leave the others a turn at the write lock
 """
 
 
 def test_processes_claiming_from_one_sqlite_file_never_claim_a_message_twice(
-        sqlite_url: str) -> None:
+        sqlite_url: str, tmp_path: Path) -> None:
     broker = SQLBroker(URL(sqlite_url))
     ids = broker.enqueue_many("q", [b"m%d" % i for i in range(300)])
-    gate = str(time.time() + 3.0)
-    workers = [subprocess.Popen([sys.executable, "-c", _CLAIMER, sqlite_url, gate],
+    barrier = tmp_path / "ready"
+    barrier.mkdir()
+    workers = [subprocess.Popen([sys.executable, "-c", _CLAIMER, sqlite_url, str(barrier), "3"],
                                 stdout=subprocess.PIPE, text=True) for _ in range(3)]
-    claimed = [w.communicate(timeout=60)[0].split() for w in workers]
+    claimed = [w.communicate(timeout=90)[0].split() for w in workers]
     broker.close()
     every = [mid for got in claimed for mid in got]
     assert sorted(every) == sorted(ids)  # each message once: none lost, none twice
