@@ -20,6 +20,7 @@ from conveyor.broker import Reservation
 from conveyor.exceptions import AuthenticationError, ConfigurationError, ConveyorError
 from conveyor.worker.completer import Completer, Completion
 from conveyor.worker.runner import TaskRunner
+from conveyor.worker.started import StartedWriter
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -69,6 +70,10 @@ class Consumer:
                                    capacity=self.concurrency * 4)
         self.runner.defer = self._defer
         self.runner.completer_busy = lambda: self.completer.busy
+        self.started = StartedWriter(
+            lambda records: self.runner._reliably(
+                lambda: app.backend.store_many(records, ttl=app.conf.result_expires)))
+        self.runner.started = self.started
         self.processed = 0
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -80,6 +85,7 @@ class Consumer:
                  self.hostname, self.app.broker.url.masked, self.app.backend.url.masked,
                  ",".join(self.queues), self.concurrency)
         self.completer.start()
+        self.started.start()
         for i in range(self.concurrency):
             self._spawn(self._execute_loop, f"conveyor-exec-{i}")
         self._spawn(self._heartbeat_loop, "conveyor-heartbeat")
@@ -272,4 +278,5 @@ class Consumer:
                     break
                 self._held_lock.wait(min(left, 0.2))
         self.completer.stop(timeout=max(1.0, deadline - time.monotonic()))
+        self.started.stop(timeout=1.0)
         self._abort.set()

@@ -31,6 +31,7 @@ from conveyor.record import Attempt, TaskRecord
 from conveyor.states import FAILURE, RETRY, REVOKED, STARTED, SUCCESS
 from conveyor.task import Request, Task
 from conveyor.worker.completer import Completion
+from conveyor.worker.started import StartedWriter
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -68,6 +69,8 @@ class TaskRunner:
         self.defer = defer
         #: Whether the completer has work queued (then results go to it, not straight out).
         self.completer_busy: Callable[[], bool] = lambda: False
+        #: Writes first deliveries' STARTED behind the task (None: written before it runs).
+        self.started: StartedWriter | None = None
 
     # -- entry point ----------------------------------------------------------------------
     def handle(self, res: Reservation) -> bool:
@@ -120,13 +123,11 @@ class TaskRunner:
         for _ in range(res.attempts - 1):
             history.append(Attempt(len(history) + 1, None, None, outcome="lost").to_dict())
         job = Job(res, msg, task, history, Attempt(len(history) + 1, self.hostname, time.time()))
-        if app.conf.task_track_started:
-            started = self._record(msg, res, STARTED, attempts=[*history, job.attempt.to_dict()])
-            if not self._store(started):
-                # A terminal record exists: an earlier delivery finished but was not acked.
-                log.info("task %s[%s] already finished; acking the duplicate", msg.task, msg.id)
-                self._ack(res)
-                return False
+        if not self._start(job):
+            # A terminal record exists: an earlier delivery finished but was not acked.
+            log.info("task %s[%s] already finished; acking the duplicate", msg.task, msg.id)
+            self._ack(res)
+            return False
         if not app.conf.task_acks_late:
             self._ack(res)
         request = Request(id=msg.id, task=msg.task, args=args, kwargs=kwargs,
@@ -135,7 +136,12 @@ class TaskRunner:
                           eta=msg.eta, expires=msg.expires)
         task._push_request(request)
         try:
-            value = task.fn(task, *args, **kwargs) if task.bind else task.fn(*args, **kwargs)
+            try:
+                value = task.fn(task, *args, **kwargs) if task.bind else task.fn(*args, **kwargs)
+            finally:
+                if self.started is not None:
+                    # Before any outcome is stored: its STARTED must not land after it.
+                    self.started.settle(msg.id)
         except Retry as signal:
             self._retry(job, signal, signal.exc)
             return False
@@ -159,6 +165,26 @@ class TaskRunner:
         finally:
             task._push_request(None)
         return self._succeed(job, value)
+
+    def _start(self, job: Job) -> bool:
+        """Record STARTED as configured; False when the task already has an outcome.
+
+        A redelivery writes STARTED synchronously (or, untracked, reads the record): an earlier
+        delivery may have finished without its ack, and must not be run again. A first
+        delivery's STARTED goes to the write-behind :attr:`started` writer when there is one.
+        """
+        msg, res = job.msg, job.res
+        track = self.app.conf.task_track_started
+        if not track:
+            if res.attempts <= 1:
+                return True
+            found = self._reliably(lambda: self.app.backend.get(msg.id))
+            return found is None or not found.ready
+        started = self._record(msg, res, STARTED, attempts=[*job.history, job.attempt.to_dict()])
+        if res.attempts <= 1 and self.started is not None:
+            self.started.add(started.to_stored())
+            return True
+        return self._store(started)
 
     def _succeed(self, job: Job, value: Any) -> bool:
         msg, res, task = job.msg, job.res, job.task
