@@ -15,7 +15,8 @@ share a Cluster slot)::
     conveyor:queues         SET   names of queues ever enqueued to
 
 Every state change is one call of ``redis_broker.lua`` (read it for the details) or, for
-enqueue, the smaller ``redis_enqueue.lua``, so each is atomic and one round trip. ``reserve``
+enqueue, the smaller ``redis_enqueue.lua``, so each is atomic and one round trip (a single
+``enqueue`` does not even wait for its reply: ``redis_sender.py``). ``reserve``
 promotes due delayed messages and expired leases itself (a dead worker's messages come back
 without any daemon), and when nothing is ready it blocks in BLPOP on the queues' wake lists,
 capped at the next due time, so an idle consumer costs two commands per wait, never a poll
@@ -32,6 +33,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from conveyor.broker import Broker, BrokerCapabilities, DeadLetter, QueueStats, Reservation
+from conveyor.brokers.redis_sender import PipelinedSender
 from conveyor.redisconn import (
     RedisErrors,
     block_timeout,
@@ -66,7 +68,8 @@ def _new_id() -> str:
 
 
 class RedisBroker(Broker):
-    """A Redis broker. Thread-safe (one connection pool); every operation is one round trip.
+    """A Redis broker. Thread-safe (one connection pool, plus one held connection per sending
+    thread); every operation is one round trip.
 
     Options: ``prefix`` (default ``"conveyor:"``); anything else goes to
     ``redis.Redis.from_url`` (e.g. ``max_connections``, ``socket_connect_timeout``).
@@ -82,6 +85,7 @@ class RedisBroker(Broker):
         self._client = make_client(url, **options)
         self._main = self._client.register_script(_lua("redis_broker.lua"))
         self._enqueue = self._client.register_script(_lua("redis_enqueue.lua"))
+        self._sender = PipelinedSender(self._client, _lua("redis_enqueue.lua"), self._errors)
         self._keys: dict[str, tuple[bytes, ...]] = {}
         self._enqueue_keys: dict[str, tuple[bytes, ...]] = {}
         self._multi: dict[tuple[str, ...], tuple[tuple[bytes, ...], list[bytes]]] = {}
@@ -95,6 +99,7 @@ class RedisBroker(Broker):
         return keys
 
     def _eval(self, script: Script, keys: Sequence[bytes], args: Sequence[Any]) -> Any:
+        self._sender.confirm()  # this thread's last send lands before anything it does next
         with self._errors:
             return run_script(self._client, script, keys, args)
 
@@ -102,7 +107,7 @@ class RedisBroker(Broker):
         return self._eval(self._main, self._queue_keys(queue), args)
 
     # -- producing ------------------------------------------------------------------------
-    def _put(self, queue: str, args: Sequence[Any]) -> None:
+    def _enqueue_keys_of(self, queue: str) -> tuple[bytes, ...]:
         keys = self._enqueue_keys.get(queue)
         if keys is None:
             if queue not in self._known:
@@ -111,12 +116,17 @@ class RedisBroker(Broker):
                 self._known.add(queue)
             every = self._queue_keys(queue)
             keys = self._enqueue_keys[queue] = tuple(every[i] for i in _ENQUEUE_KEYS)
-        self._eval(self._enqueue, keys, args)
+        return keys
 
     def enqueue(self, queue: str, message: bytes, *, delay: float = 0.0) -> str:
-        """Store one message in one round trip (atomic, durable as Redis's persistence is)."""
+        """Store one message (atomic), without waiting for Redis's reply.
+
+        Returns once the command is written to this thread's connection; the reply is read
+        before the thread's next broker call (see :mod:`conveyor.brokers.redis_sender`), so
+        an error in storing it is raised there, never lost.
+        """
         message_id = _new_id()
-        self._put(queue, (_ms(delay), message_id, message))
+        self._sender.send(self._enqueue_keys_of(queue), (_ms(delay), message_id, message))
         return message_id
 
     def enqueue_many(self, queue: str, messages: Sequence[bytes], *,
@@ -129,7 +139,7 @@ class RedisBroker(Broker):
             for message_id, body in zip(ids[start:start + _CHUNK],
                                         messages[start:start + _CHUNK], strict=True):
                 args += (message_id, body)
-            self._put(queue, args)
+            self._eval(self._enqueue, self._enqueue_keys_of(queue), args)
         return ids
 
     # -- consuming ------------------------------------------------------------------------
@@ -177,6 +187,7 @@ class RedisBroker(Broker):
 
         if not reservations:
             return
+        self._sender.confirm()
         with self._errors:
             try:
                 pipe = self._client.pipeline(transaction=False)
@@ -235,6 +246,7 @@ class RedisBroker(Broker):
 
     def queues(self) -> list[str]:
         """Queues ever enqueued to through any RedisBroker with the same prefix."""
+        self._sender.confirm()
         with self._errors:
             names = cast("set[bytes]", self._client.smembers(f"{self._prefix}queues"))
         return sorted(n.decode() for n in names)
@@ -249,6 +261,8 @@ class RedisBroker(Broker):
             self._client.ping()
 
     def close(self) -> None:
-        """Close the pool's connections. Idempotent; a later call reconnects."""
+        """Confirm this thread's last send, close the pool's connections. Idempotent; a later
+        call reconnects."""
+        self._sender.confirm(quietly=True)
         with self._errors:
             self._client.close()

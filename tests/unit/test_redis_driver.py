@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -12,7 +15,7 @@ import pytest
 from conveyor.backend import StoredRecord
 from conveyor.backends.redis import RedisResultBackend
 from conveyor.brokers.redis import RedisBroker
-from conveyor.exceptions import AuthenticationError, ConnectionLostError
+from conveyor.exceptions import AuthenticationError, ConnectionLostError, DriverError
 from conveyor.registry import backend_from_url, broker_from_url
 from conveyor.url import URL
 from tests.servers import free_port
@@ -121,6 +124,7 @@ def test_a_blocked_reserve_wakes_when_a_delayed_message_comes_due(
     broker = RedisBroker(URL(private_server.url))
     counter = redis.Redis.from_url(private_server.url)
     broker.enqueue("soon", b"due", delay=0.4)
+    broker.stats("soon")  # the send's reply is read here, not counted below
     counter.config_resetstat()
     started = time.monotonic()
     [got] = broker.reserve(["soon"], lease=1, wait=5.0)
@@ -178,7 +182,7 @@ def test_enqueue_many_is_one_script_call_per_thousand_messages(
         private_server: RedisServer) -> None:
     broker = RedisBroker(URL(private_server.url))
     counter = redis.Redis.from_url(private_server.url)
-    broker.enqueue("bulk", b"first")  # loads the script, remembers the queue
+    broker.enqueue_many("bulk", [b"first"])  # loads the script, remembers the queue
     counter.config_resetstat()
     broker.enqueue_many("bulk", [b"x"] * 2500)
     calls = command_calls(counter)
@@ -237,9 +241,52 @@ def test_the_broker_survives_a_server_restart(private_server: RedisServer) -> No
         broker.ping()
     private_server.start()  # same port; no persistence, so the queue is empty again
     broker.enqueue("q", b"after")  # the pool reconnects; the script is loaded again
-    [got] = broker.reserve(["q"], lease=1)
-    assert got.body == b"after"
+    # "after" went to a fresh connection, not the one the restart closed: another client
+    # sees it although this one never read the reply.
+    other = RedisBroker(URL(private_server.url))
+    got = other.reserve(["q"], lease=1, limit=10, wait=2.0)
+    assert [r.body for r in got] == [b"after"]
+    other.close()
     broker.close()
+
+
+_SEND_AND_DIE = """
+import os, signal, sys
+from conveyor.brokers.redis import RedisBroker
+from conveyor.url import URL
+broker = RedisBroker(URL(sys.argv[1]), prefix=sys.argv[2])
+broker.enqueue("q", b"warm")  # the connection is up and the first reply read below
+broker.stats("q")
+broker.enqueue("q", b"last words")  # returns before Redis answers...
+os.kill(os.getpid(), signal.SIGKILL)  # ...and no exit handler runs
+"""
+
+
+def test_a_send_survives_the_producer_being_killed_right_after(redis_url: str,
+                                                               prefix: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", _SEND_AND_DIE, redis_url, prefix],
+                          capture_output=True, timeout=60, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    broker = RedisBroker(URL(redis_url), prefix=prefix)
+    got = broker.reserve(["q"], lease=1, limit=10, wait=2.0)
+    assert [r.body for r in got] == [b"warm", b"last words"]
+    broker.close()
+
+
+def test_a_send_refused_by_redis_is_raised_on_the_next_call_not_lost(
+        private_server: RedisServer) -> None:
+    broker = RedisBroker(URL(private_server.url))
+    admin = redis.Redis.from_url(private_server.url)
+    broker.enqueue("q", b"fits")
+    broker.stats("q")
+    admin.config_set("maxmemory", 1)  # from now on Redis refuses writes (OOM)
+    broker.enqueue("q", b"refused")  # returns: the reply is not read yet
+    with pytest.raises(DriverError, match=r"earlier message was refused.*OOM"):
+        broker.stats("q")
+    admin.config_set("maxmemory", 0)
+    assert broker.stats("q").ready == 1  # the refusal was reported once, not repeated
+    broker.close()
+    admin.close()
 
 
 # -- result backend ----------------------------------------------------------------------------
