@@ -11,17 +11,26 @@ if delay > 0 then
   local t = redis.call('TIME')
   due = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + delay
 end
-for i = 2, #ARGV, 2 do
-  redis.call('HSET', body, ARGV[i], ARGV[i + 1])
-  if due then
-    redis.call('ZADD', delayed, due, ARGV[i])
-  else
-    redis.call('RPUSH', ready, ARGV[i])
+-- Whole-batch commands, not one per message: a batch of 1,000 is two calls, not 2,000.
+-- (Callers keep a batch under Lua's unpack limit of about 8,000 values.)
+redis.call('HSET', body, unpack(ARGV, 2))
+local n = (#ARGV - 1) / 2
+local members = {}
+if due then
+  for i = 1, n do
+    members[2 * i - 1] = due
+    members[2 * i] = ARGV[2 * i]
   end
+  redis.call('ZADD', delayed, unpack(members))
+else
+  for i = 1, n do
+    members[i] = ARGV[2 * i]
+  end
+  redis.call('RPUSH', ready, unpack(members))
 end
 -- One token wakes one blocked consumer, which passes it on while messages remain. Also for
 -- delayed messages: the woken consumer shortens its wait to the new due time.
 if redis.call('LLEN', wake) == 0 then
   redis.call('RPUSH', wake, '1')
 end
-return (#ARGV - 1) / 2
+return n

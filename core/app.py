@@ -19,7 +19,7 @@ from conveyor.message import Message
 from conveyor.pending import PendingWriter
 from conveyor.record import TaskRecord
 from conveyor.registry import backend_from_url, broker_from_url
-from conveyor.serialization import Codec, Signer, dumps_json
+from conveyor.serialization import Codec, Signer, quote_json
 from conveyor.task import Task
 from conveyor.url import URL
 
@@ -39,7 +39,7 @@ def to_timestamp(value: datetime | float) -> float:
     return value.timestamp() if isinstance(value, datetime) else float(value)
 
 
-@dataclass
+@dataclass(slots=True)
 class Outgoing:
     """A message ready to publish: the queue it goes to and its delay in seconds."""
 
@@ -224,20 +224,26 @@ class Conveyor:
         bodies = [o.message.encode(self.signer) for o in batch]
         self.enqueue(batch, bodies)
         if self.conf.task_store_pending:
-            self.pending.add([self.pending_record(o) for o in batch])
+            self.pending.add(self.pending_records(batch))
 
     @staticmethod
-    def pending_record(o: Outgoing) -> StoredRecord:
-        """The PENDING record of a message being sent (the fields a :class:`TaskRecord`
-        reads back, built directly: this runs once per message sent)."""
-        msg = o.message
-        data: dict[str, Any] = {"task_id": msg.id, "state": "PENDING", "task": msg.task,
-                                "queue": o.queue, "updated_at": msg.sent_at}
-        if msg.parent is not None:
-            data["parent"] = msg.parent
-        if msg.group is not None:
-            data["group"] = msg.group
-        return StoredRecord(msg.id, "PENDING", dumps_json(data))
+    def pending_records(batch: list[Outgoing]) -> list[StoredRecord]:
+        """The PENDING records of messages being sent: the fields a :class:`TaskRecord`
+        reads back, as JSON written from a template: this runs once per message sent, and
+        building a dict for ``json`` took a sixth of a bulk send's time."""
+        q = quote_json
+        records = []
+        for o in batch:
+            msg = o.message
+            extra = ""
+            if msg.parent is not None:
+                extra += f',"parent":{q(msg.parent)}'
+            if msg.group is not None:
+                extra += f',"group":{q(msg.group)}'
+            data = (f'{{"task_id":{q(msg.id)},"state":"PENDING","task":{q(msg.task)},'
+                    f'"queue":{q(o.queue)},"updated_at":{msg.sent_at!r}{extra}}}')
+            records.append(StoredRecord(msg.id, "PENDING", data.encode()))
+        return records
 
     @property
     def pending(self) -> PendingWriter:

@@ -18,7 +18,7 @@ from conveyor.states import READY_STATES
 from conveyor.url import URL
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoredRecord:
     """What a backend driver keeps per task: its id, its state and the core's encoded data."""
 

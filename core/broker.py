@@ -42,7 +42,7 @@ class BrokerCapabilities:
     shared_between_processes: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reservation:
     """A message held under a lease by one consumer.
 

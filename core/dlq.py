@@ -65,7 +65,7 @@ def replay(app: Conveyor, letters: Iterable[DeadLetter],
             app.broker.enqueue(letter.queue, letter.body)
         else:
             old = app.record(msg.id)
-            history = old.attempts if old is not None and old.attempts else msg.history
+            history = old.attempts if old is not None and old.attempts else list(msg.history)
             fresh = replace(msg, retries=0, eta=None, expires=None, history=history)
             app.backend.forget(msg.id)
             app.backend.store(TaskRecord(msg.id, PENDING, task=msg.task, queue=letter.queue,

@@ -5,6 +5,7 @@ Its wire form is one JSON object (optionally HMAC-signed); drivers never look in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,7 @@ from conveyor.serialization import Codec, Signer, dumps_json, loads_json
 WIRE_VERSION = 1
 
 
-@dataclass
+@dataclass(slots=True)
 class Message:
     """One task invocation.
 
@@ -32,11 +33,12 @@ class Message:
     eta: float | None = None
     expires: float | None = None
     max_retries: int | None = None
-    callbacks: list[dict[str, Any]] = field(default_factory=list)
-    chain_ids: list[str] = field(default_factory=list)
+    # Empty tuples, not lists, by default: no three fresh lists per message sent.
+    callbacks: Sequence[dict[str, Any]] = ()
+    chain_ids: Sequence[str] = ()
     group: str | None = None
     parent: str | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: Sequence[dict[str, Any]] = ()
     sent_at: float = 0.0
 
     def encode(self, signer: Signer) -> bytes:
@@ -50,10 +52,26 @@ class Message:
         data: dict[str, Any] = {"v": WIRE_VERSION, "id": self.id, "task": self.task,
                                 "args": self.args, "kwargs": self.kwargs,
                                 "sent_at": self.sent_at}
-        for name, default in _OPTIONAL.items():
-            value = getattr(self, name)
-            if value != default:
-                data[name] = value
+        if self.content_type != "json":
+            data["content_type"] = self.content_type
+        if self.retries:
+            data["retries"] = self.retries
+        if self.eta is not None:
+            data["eta"] = self.eta
+        if self.expires is not None:
+            data["expires"] = self.expires
+        if self.max_retries is not None:
+            data["max_retries"] = self.max_retries
+        if self.callbacks:
+            data["callbacks"] = self.callbacks
+        if self.chain_ids:
+            data["chain_ids"] = self.chain_ids
+        if self.group is not None:
+            data["group"] = self.group
+        if self.parent is not None:
+            data["parent"] = self.parent
+        if self.history:
+            data["history"] = self.history
         return signer.sign(dumps_json(data))
 
     @classmethod
@@ -92,9 +110,3 @@ class Message:
             return "json", list(args), dict(kwargs)
         content_type, payload = codec.pack((list(args), dict(kwargs)))
         return content_type, payload, None
-
-
-#: Fields written only when they differ from their default (the others are always written).
-_OPTIONAL: dict[str, Any] = {
-    "content_type": "json", "retries": 0, "eta": None, "expires": None, "max_retries": None,
-    "callbacks": [], "chain_ids": [], "group": None, "parent": None, "history": []}

@@ -20,6 +20,8 @@ class AsyncResult:
     record is cached since it can no longer change.
     """
 
+    __slots__ = ("_final", "app", "id", "parent")
+
     def __init__(self, task_id: str, *, app: Conveyor, parent: AsyncResult | None = None) -> None:
         self.id = task_id
         self.app = app
