@@ -73,9 +73,10 @@ class PipelinedSender:
         self._errors = errors
         self._local = threading.local()
         self._lock = threading.Lock()
-        #: Every thread's connection by thread id, so that a finished thread's last send is
-        #: still confirmed and its connection goes back to the pool.
-        self._by_thread: dict[int, _Held] = {}
+        #: Every thread's connection by thread (not by id: ids are reused), so that a
+        #: finished thread's last send is still confirmed and its connection goes back to
+        #: the pool.
+        self._by_thread: dict[threading.Thread, _Held] = {}
         _LIVE.add(self)
 
     def send(self, keys: Sequence[bytes], args: Sequence[Any]) -> None:
@@ -131,18 +132,20 @@ class PipelinedSender:
 
     def _take_connection(self) -> _Held:
         # First send on this thread, or in a forked child (never touch the parent's socket).
+        # Finished threads' connections go back to the pool first, so that a program that
+        # sends from short-lived threads reuses a few connections instead of opening more.
         pool = self._client.connection_pool
-        held = _Held(cast(_Connection, pool.get_connection()))
-        self._local.held = held
         with self._lock:
-            alive = {t.ident for t in threading.enumerate()}
-            gone = [i for i in self._by_thread if i not in alive]
-            retired = [self._by_thread.pop(i) for i in gone]
-            self._by_thread[threading.get_ident()] = held
+            retired = [self._by_thread.pop(t) for t in list(self._by_thread)
+                       if not t.is_alive()]
         for old in retired:
             self._confirm_quietly(old)
             if old.pid == os.getpid():
                 pool.release(old.conn)  # type: ignore[arg-type]
+        held = _Held(cast(_Connection, pool.get_connection()))
+        self._local.held = held
+        with self._lock:
+            self._by_thread[threading.current_thread()] = held
         return held
 
     def _confirm_quietly(self, held: _Held) -> None:

@@ -440,3 +440,20 @@ def test_info_names_the_server_and_prefix(broker: RedisBroker,
         facts = driver.info()
         assert facts["server"].split()[0] in {"redis", "valkey"}
         assert facts["prefix"] == prefix
+
+
+def test_sends_from_short_lived_threads_all_land_on_a_few_connections(
+        private_server: RedisServer) -> None:
+    broker = RedisBroker(URL(private_server.url))
+    admin = redis.Redis.from_url(private_server.url)
+    for i in range(30):  # one thread after another, each sending once and finishing
+        thread = threading.Thread(target=broker.enqueue, args=("q", b"m%d" % i))
+        thread.start()
+        thread.join()
+    broker.stats("q")  # a new thread of its own: sweeps the last one's connection
+    clients = [c for c in admin.client_list() if c.get("cmd") != "client|list"]
+    assert len(clients) <= 3, clients
+    got = broker.reserve(["q"], lease=1, limit=100)
+    assert sorted(r.body for r in got) == sorted(b"m%d" % i for i in range(30))
+    broker.close()
+    admin.close()
