@@ -99,7 +99,10 @@ class Broker(ABC):
         """Store ``message`` on ``queue``, deliverable after ``delay`` seconds; return its id.
 
         ``delay`` is at most ``capabilities.max_delay`` (the core hops longer delays).
-        Durable once it returns.
+        Durable once it returns, or at the latest once the same thread's next call on this
+        broker returns: a driver may write now and read the server's confirmation then (the
+        Redis driver does), provided it sends the message again when the confirmation is
+        lost and raises from that next call when the server refused it. Never lost silently.
         """
 
     def enqueue_many(self, queue: str, messages: Sequence[bytes], *,
