@@ -123,10 +123,13 @@ class PipelinedSender:
                 self._confirm(held)
 
     def confirm_all(self) -> None:
-        """Confirm every thread's last send, logging what fails; for exit, when threads no
-        longer send."""
+        """Confirm the last send of this thread and of every finished thread, logging what
+        fails; for exit. Threads still running (daemons at exit) are left alone: reading
+        their connection could interleave with their own use of it."""
+        me = threading.current_thread()
         with self._lock:
-            every = list(self._by_thread.values())
+            every = [held for thread, held in self._by_thread.items()
+                     if thread is me or not thread.is_alive()]
         for held in every:
             self._confirm_quietly(held)
 
