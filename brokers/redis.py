@@ -181,23 +181,14 @@ class RedisBroker(Broker):
         self._call(reservation.queue, "ack", reservation.message_id, reservation.receipt)
 
     def ack_many(self, reservations: Sequence[Reservation]) -> None:
-        """Ack several reservations in one pipelined round trip (each ack atomic on its own,
-        with :meth:`ack`'s rules)."""
-        from redis.exceptions import NoScriptError
-
-        if not reservations:
-            return
-        self._sender.confirm()
-        with self._errors:
-            try:
-                pipe = self._client.pipeline(transaction=False)
-                for r in reservations:
-                    pipe.evalsha(self._main.sha, len(_SUFFIXES), *self._queue_keys(r.queue),
-                                 "ack", r.message_id, r.receipt)
-                pipe.execute()
-            except NoScriptError:  # the server lost its scripts: acks are idempotent, redo
-                for r in reservations:
-                    self.ack(r)
+        """Ack several reservations with one script call per queue (per 1,000), each ack
+        with :meth:`ack`'s rules; atomic per call."""
+        by_queue: dict[str, list[Any]] = {}
+        for r in reservations:
+            by_queue.setdefault(r.queue, []).extend((r.message_id, r.receipt))
+        for queue, pairs in by_queue.items():
+            for start in range(0, len(pairs), 2 * _CHUNK):
+                self._call(queue, "ackmany", *pairs[start:start + 2 * _CHUNK])
 
     def nack(self, reservation: Reservation, *, delay: float = 0.0) -> None:
         """Give the message back (to the front of ready, or delayed by ``delay`` seconds by

@@ -147,6 +147,22 @@ function ops.ack()
   return 1
 end
 
+-- ARGV: id1, token1, id2, token2, ... -> how many were removed (each as ack would)
+function ops.ackmany()
+  local q, gone = queue_keys(1), {}
+  for i = 2, #ARGV, 2 do
+    if held(q, ARGV[i], ARGV[i + 1]) then
+      gone[#gone + 1] = ARGV[i]
+    end
+  end
+  if #gone > 0 then
+    chunked('ZREM', q.reserved, gone)
+    chunked('HDEL', q.body, gone)
+    chunked('HDEL', q.attempts, gone)
+  end
+  return #gone
+end
+
 -- ARGV: id, token, delay_ms -> 1 when given back, 0 when the lease was already lost
 function ops.nack()
   local q, id, now = queue_keys(1), ARGV[2], now_ms()

@@ -464,6 +464,26 @@ class BrokerLeaseContract(BrokerFixtures):
         broker.ack(fresh)
         assert broker.reserve([queue], lease=timings.long_lease) == []
 
+    def test_stale_ack_in_a_batch_leaves_the_new_holder_alone(
+            self, broker: Broker, queue: str, timings: BrokerTimings) -> None:
+        broker.enqueue(queue, b"stale in a batch")
+        [stale] = reserve_within(broker, [queue], lease=timings.lease,
+                                 timeout=2 + timings.slack, tick=timings.tick)
+        [fresh] = reserve_within(broker, [queue], lease=timings.long_lease,
+                                 timeout=timings.lease + timings.slack + timings.tick,
+                                 tick=timings.tick)
+        broker.enqueue(queue, b"held")
+        [other] = reserve_within(broker, [queue], lease=timings.long_lease,
+                                 timeout=2 + timings.slack, tick=timings.tick)
+        broker.ack_many([stale, other])
+        assert broker.reserve([queue], lease=timings.long_lease, wait=timings.tick) == []
+        assert broker.extend(fresh, lease=timings.long_lease) is True  # still the holder
+        broker.ack_many([fresh])
+        assert broker.reserve([queue], lease=timings.long_lease) == []
+        if broker.capabilities.exact_stats:
+            stats = broker.stats(queue)
+            assert (stats.ready, stats.reserved) == (0, 0)
+
     def test_nack_makes_the_message_deliverable_again_at_once(
             self, broker: Broker, queue: str, timings: BrokerTimings) -> None:
         message_id = broker.enqueue(queue, b"retry me")
