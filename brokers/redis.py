@@ -161,8 +161,8 @@ class RedisBroker(Broker):
         keys, wake_keys = entry
         args = ("reserve", max(_ms(lease), 1), limit)
         deadline = time.monotonic() + wait
+        out = self._eval(self._main, keys, args)
         while True:
-            out = self._eval(self._main, keys, args)
             if len(out) > 1:
                 return [Reservation(names[out[i] - 1], out[i + 1].decode(), out[i + 2],
                                     out[i + 3], receipt=out[i + 3])
@@ -172,8 +172,25 @@ class RedisBroker(Broker):
                 return []
             if out[0] >= 0:
                 left = min(left, out[0] / 1000)
-            with self._errors:
-                self._client.blpop(wake_keys, timeout=block_timeout(self._client, left))
+            out = self._wait_then_reserve(wake_keys, block_timeout(self._client, left),
+                                          keys, args)
+
+    def _wait_then_reserve(self, wake_keys: list[bytes], timeout: float,
+                           keys: Sequence[bytes], args: Sequence[Any]) -> Any:
+        """BLPOP a wake token and run the reserve script, sent together: the server runs the
+        script the moment the BLPOP returns (a blocked client's next command waits in its
+        input buffer), so a woken consumer gets its messages without another round trip."""
+        from redis.exceptions import NoScriptError
+
+        with self._errors:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.blpop(wake_keys, timeout=timeout)
+            pipe.evalsha(self._main.sha, len(keys), *keys, *args)
+            try:
+                return pipe.execute()[1]
+            except NoScriptError:
+                pass  # the server restarted and lost the script: _eval loads it again
+        return self._eval(self._main, keys, args)
 
     def ack(self, reservation: Reservation) -> None:
         """Delete the message unless it was delivered again since (then a no-op: the new
