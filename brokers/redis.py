@@ -19,8 +19,9 @@ enqueue, the smaller ``redis_enqueue.lua``, so each is atomic and one round trip
 ``enqueue`` does not even wait for its reply: ``redis_sender.py``). ``reserve``
 promotes due delayed messages and expired leases itself (a dead worker's messages come back
 without any daemon), and when nothing is ready it blocks in BLPOP on the queues' wake lists,
-capped at the next due time, so an idle consumer costs two commands per wait, never a poll
-loop. Needs Redis >= 6.2 (LPOP with a count).
+capped at the next due time, with the next reserve sent behind it in the same write, so an
+idle consumer costs two commands per wait, never a poll loop, and a woken one gets its
+messages in the same round trip. Needs Redis >= 6.2 (LPOP with a count).
 """
 
 from __future__ import annotations
