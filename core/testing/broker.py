@@ -100,6 +100,19 @@ def reserve_count(broker: Broker, queues: Sequence[str], count: int, *, lease: f
     return held
 
 
+def redelivered(broker: Broker, queue: str, body: bytes, timings: BrokerTimings
+                ) -> tuple[Reservation, Reservation]:
+    """Send ``body``, reserve it under a short lease, let the lease lapse and reserve it
+    again: ``(stale, fresh)``, the first delivery and the one that now holds the message."""
+    broker.enqueue(queue, body)
+    [stale] = reserve_within(broker, [queue], lease=timings.lease,
+                             timeout=2 + timings.slack, tick=timings.tick)
+    [fresh] = reserve_within(broker, [queue], lease=timings.long_lease,
+                             timeout=timings.lease + timings.slack + timings.tick,
+                             tick=timings.tick)
+    return stale, fresh
+
+
 def require_capability(condition: bool, broker: Broker, what: str) -> None:
     """Skip the calling test, naming the capability ``what`` the driver does not declare."""
     if not condition:
@@ -431,12 +444,7 @@ class BrokerLeaseContract(BrokerFixtures):
 
     def test_extend_after_redelivery_returns_false_and_keeps_the_new_lease(
             self, broker: Broker, queue: str, timings: BrokerTimings) -> None:
-        broker.enqueue(queue, b"taken over")
-        [stale] = reserve_within(broker, [queue], lease=timings.lease,
-                                 timeout=2 + timings.slack, tick=timings.tick)
-        [fresh] = reserve_within(broker, [queue], lease=timings.long_lease,
-                                 timeout=timings.lease + timings.slack + timings.tick,
-                                 tick=timings.tick)
+        stale, fresh = redelivered(broker, queue, b"taken over", timings)
         assert broker.extend(stale, lease=timings.long_lease) is False
         assert broker.extend(fresh, lease=timings.long_lease) is True
 
@@ -452,12 +460,7 @@ class BrokerLeaseContract(BrokerFixtures):
             self, broker: Broker, queue: str, timings: BrokerTimings) -> None:
         # The interface allows a stale ack to be ignored or to remove the message (its first
         # holder did finish); it must not release the new holder's lease or raise.
-        broker.enqueue(queue, b"stale ack")
-        [stale] = reserve_within(broker, [queue], lease=timings.lease,
-                                 timeout=2 + timings.slack, tick=timings.tick)
-        [fresh] = reserve_within(broker, [queue], lease=timings.long_lease,
-                                 timeout=timings.lease + timings.slack + timings.tick,
-                                 tick=timings.tick)
+        stale, fresh = redelivered(broker, queue, b"stale ack", timings)
         assert fresh.attempts == 2
         broker.ack(stale)
         assert broker.reserve([queue], lease=timings.long_lease, wait=timings.tick) == []
@@ -466,12 +469,7 @@ class BrokerLeaseContract(BrokerFixtures):
 
     def test_stale_ack_in_a_batch_leaves_the_new_holder_alone(
             self, broker: Broker, queue: str, timings: BrokerTimings) -> None:
-        broker.enqueue(queue, b"stale in a batch")
-        [stale] = reserve_within(broker, [queue], lease=timings.lease,
-                                 timeout=2 + timings.slack, tick=timings.tick)
-        [fresh] = reserve_within(broker, [queue], lease=timings.long_lease,
-                                 timeout=timings.lease + timings.slack + timings.tick,
-                                 tick=timings.tick)
+        stale, fresh = redelivered(broker, queue, b"stale in a batch", timings)
         broker.enqueue(queue, b"held")
         [other] = reserve_within(broker, [queue], lease=timings.long_lease,
                                  timeout=2 + timings.slack, tick=timings.tick)

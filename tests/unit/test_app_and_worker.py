@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,24 +20,6 @@ from conveyor.exceptions import (
     TimeoutError,
 )
 from conveyor.worker import Consumer, TaskRunner
-
-
-@pytest.fixture
-def app() -> Conveyor:
-    name = uuid.uuid4().hex
-    return Conveyor("unit", broker=f"memory://{name}", backend=f"memory://{name}",
-                    broker_visibility_timeout=1.0, worker_poll_wait=0.2)
-
-
-@pytest.fixture
-def worker(app: Conveyor) -> Iterator[Consumer]:
-    consumer = Consumer(app, concurrency=2)
-    thread = threading.Thread(target=consumer.run, daemon=True)
-    thread.start()
-    yield consumer
-    consumer.stop()
-    thread.join(10)
-    assert not thread.is_alive()
 
 
 def test_negative_countdown_and_past_eta_are_refused_before_sending(app: Conveyor) -> None:

@@ -5,34 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from conveyor import Conveyor
 from conveyor.backend import StoredRecord
 from conveyor.worker import Consumer, TaskRunner
 from conveyor.worker.started import StartedWriter
-
-
-@pytest.fixture
-def app() -> Conveyor:
-    name = uuid.uuid4().hex
-    return Conveyor("unit", broker=f"memory://{name}", backend=f"memory://{name}",
-                    broker_visibility_timeout=1.0, worker_poll_wait=0.2)
-
-
-@pytest.fixture
-def worker(app: Conveyor) -> Iterator[Consumer]:
-    consumer = Consumer(app, concurrency=2)
-    thread = threading.Thread(target=consumer.run, daemon=True)
-    thread.start()
-    yield consumer
-    consumer.stop()
-    thread.join(10)
-    assert not thread.is_alive()
 
 
 def _states_written(app: Conveyor) -> list[tuple[str, str]]:
