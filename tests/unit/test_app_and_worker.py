@@ -125,8 +125,10 @@ def test_get_times_out_with_a_clear_error(app: Conveyor) -> None:
         never.delay().get(timeout=0.2)
 
 
+@pytest.mark.parametrize("track_started", [True, False], ids=["tracked", "untracked"])
 def test_first_terminal_write_wins_so_a_duplicate_delivery_is_not_rerun(
-        app: Conveyor) -> None:
+        app: Conveyor, track_started: bool) -> None:
+    app.conf.task_track_started = track_started  # untracked, the worker reads the record
     runs: list[int] = []
 
     @app.task
@@ -137,13 +139,16 @@ def test_first_terminal_write_wins_so_a_duplicate_delivery_is_not_rerun(
     result = once.delay()
     [res] = app.broker.reserve(["default"], lease=0.2)
     runner = TaskRunner(app, hostname="test")
+    runner._ack = lambda _res: None  # type: ignore[method-assign]  # the ack is lost
     runner.handle(res)  # runs and records SUCCESS
-    time.sleep(0.3)  # pretend the ack was lost: the lease lapses...
-    app.broker.nack(res)
-    [again] = app.broker.reserve(["default"], lease=1) or [res]
+    del runner._ack
+    time.sleep(0.3)  # the lease lapses...
+    [again] = app.broker.reserve(["default"], lease=1)
+    assert again.attempts == 2
     runner.handle(again)  # ...and the redelivery finds SUCCESS already written
     assert runs == [1]
     assert result.get(timeout=1) == 1
+    assert app.broker.stats("default").ready == 0
 
 
 def test_expired_task_is_revoked_not_run(app: Conveyor, worker: Consumer) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from conveyor import Conveyor
 from conveyor.backend import StoredRecord
-from conveyor.worker import Consumer, TaskRunner
+from conveyor.worker import Consumer
 from conveyor.worker.started import StartedWriter
 
 
@@ -121,27 +121,3 @@ def test_settle_drops_a_queued_started() -> None:
     writer.stop(timeout=5)
     assert landed == ["kept"]
     assert writer.dropped == 1
-
-
-def test_untracked_redelivery_of_a_finished_task_is_not_rerun(app: Conveyor) -> None:
-    app.conf.task_track_started = False
-    runs: list[int] = []
-
-    @app.task
-    def once() -> int:
-        runs.append(1)
-        return len(runs)
-
-    result = once.delay()
-    [res] = app.broker.reserve(["default"], lease=0.2)
-    runner = TaskRunner(app, hostname="test")
-    runner._ack = lambda _res: None  # type: ignore[method-assign]  # the ack is lost
-    runner.handle(res)  # runs and records SUCCESS
-    del runner._ack
-    time.sleep(0.3)  # the lease lapses
-    [again] = app.broker.reserve(["default"], lease=1)
-    assert again.attempts == 2
-    runner.handle(again)
-    assert runs == [1]
-    assert result.get(timeout=1) == 1
-    assert app.broker.stats("default").ready == 0
