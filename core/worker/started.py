@@ -44,7 +44,6 @@ class StartedWriter:
         self._queued: dict[str, StoredRecord] = {}
         self._writing: set[str] = set()
         self._closed = False
-        self.written = 0
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="conveyor-started", daemon=True)
 
@@ -92,7 +91,6 @@ class StartedWriter:
             try:
                 if batch:
                     self._store_many(batch)
-                    self.written += len(batch)
             except Exception as exc:
                 # Only information is lost: the outcome is still recorded by the runner.
                 log.warning("could not record STARTED for %d tasks: %s", len(batch), exc)
