@@ -20,14 +20,14 @@ from collections.abc import Iterable
 from typing import Any, ClassVar, cast
 
 from conveyor.backend import BackendCapabilities, ResultBackend, StoredRecord
-from conveyor.redisconn import (
+from conveyor.states import READY_STATES
+from conveyor.stores.redis import (
     RedisErrors,
     block_timeout,
     make_client,
     run_script,
     server_info,
 )
-from conveyor.states import READY_STATES
 from conveyor.url import URL
 
 #: Largest record data (bytes) a "done" token carries itself.

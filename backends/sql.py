@@ -1,6 +1,6 @@
 """``sqlite:///f.db``, ``postgresql+psycopg://...``, ``mysql+pymysql://...``: SQL result backend.
 
-One row per task in ``<prefix>results`` (see :mod:`conveyor.sqlstore`). The first terminal
+One row per task in ``<prefix>results`` (see :mod:`conveyor.stores.sql`). The first terminal
 write wins inside the database, by a conditional write: an upsert whose update only applies
 while the stored state is not terminal (or the row has expired). Expired rows are hidden from
 reads, may be overwritten, and are deleted by :meth:`SQLResultBackend.purge_expired`.
@@ -17,8 +17,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 
 from conveyor.backend import BackendCapabilities, ResultBackend, StoredRecord
-from conveyor.sqlstore import SQLStore, backoff, check_options
 from conveyor.states import READY_STATES
+from conveyor.stores.sql import SQLStore, backoff, check_options
 from conveyor.url import URL
 
 _TERMINAL = sorted(READY_STATES)

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from conveyor.broker import Broker, BrokerCapabilities, DeadLetter, QueueStats, Reservation
 from conveyor.brokers.redis_sender import PipelinedSender
-from conveyor.redisconn import (
+from conveyor.stores.redis import (
     RedisErrors,
     block_timeout,
     make_client,

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from conveyor.exceptions import DriverError
-from conveyor.redisconn import RedisErrors
+from conveyor.stores.redis import RedisErrors
 
 if TYPE_CHECKING:
     import redis

@@ -1,6 +1,6 @@
 """``sqlite:///file.db``, ``postgresql+psycopg://...``, ``mysql+pymysql://...``: a SQL broker.
 
-One row per message (see :mod:`conveyor.sqlstore` for the tables). A message is *ready* when
+One row per message (see :mod:`conveyor.stores.sql` for the tables). A message is *ready* when
 ``available_at <= now``, *delayed* when later and it has no lease, *reserved* when later and it
 has a ``lease_token``. Reserving sets ``available_at = now + lease`` and a fresh token, so a
 lease that runs out simply makes the message ready again: no sweeper process is needed. Every
@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 
 from conveyor.broker import Broker, BrokerCapabilities, DeadLetter, QueueStats, Reservation
-from conveyor.sqlstore import SQLStore, backoff, check_options
+from conveyor.stores.sql import SQLStore, backoff, check_options
 from conveyor.url import URL
 
 _ID_LOCK = threading.Lock()

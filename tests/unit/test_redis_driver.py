@@ -400,7 +400,7 @@ def test_blocking_waits_longer_than_the_socket_timeout_do_not_fail(
 
 
 def test_block_timeouts_never_round_to_redis_forever() -> None:
-    from conveyor.redisconn import MIN_BLOCK, block_timeout
+    from conveyor.stores.redis import MIN_BLOCK, block_timeout
 
     client = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_timeout=5)
     assert block_timeout(client, 0.0) == MIN_BLOCK

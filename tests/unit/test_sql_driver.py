@@ -25,7 +25,7 @@ from conveyor.exceptions import (
     DriverError,
 )
 from conveyor.registry import backend_from_url, broker_from_url
-from conveyor.sqlstore import SCHEMA_VERSION
+from conveyor.stores.sql import SCHEMA_VERSION
 from conveyor.url import URL
 from tests.servers import free_port
 
