@@ -14,6 +14,9 @@ class _Store:
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.records: dict[str, tuple[StoredRecord, float | None]] = {}
+        #: Coordination state: sets for :meth:`join`, entries, each with its expiry.
+        self.sets: dict[str, tuple[set[str], float | None]] = {}
+        self.entries: dict[str, tuple[bytes, float | None]] = {}
 
 
 _STORES: dict[str, _Store] = {}
@@ -24,7 +27,7 @@ class MemoryResultBackend(ResultBackend):
     """A thread-safe in-process backend; ``wait`` wakes as soon as a result is stored."""
 
     capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(
-        native_expiry=True, push_wait=True, shared_between_processes=False)
+        native_expiry=True, push_wait=True, shared_between_processes=False, coordination=True)
 
     def __init__(self, url: URL, **options: Any) -> None:
         super().__init__(url)
@@ -71,13 +74,42 @@ class MemoryResultBackend(ResultBackend):
                     return None
                 self._store.cond.wait(left)
 
+    def join(self, key: str, member: str, *, ttl: float | None) -> int:
+        """One lock makes add-and-count atomic; an expired set starts again empty."""
+        with self._store.cond:
+            now = time.time()
+            members, expires = self._store.sets.get(key, (set(), None))
+            if expires is not None and expires <= now:
+                members = set()
+            members.add(member)
+            self._store.sets[key] = (members, None if ttl is None else now + ttl)
+            return len(members)
+
+    def put_entry(self, key: str, value: bytes, *, ttl: float | None) -> None:
+        with self._store.cond:
+            self._store.entries[key] = (bytes(value), None if ttl is None else time.time() + ttl)
+
+    def entries(self, prefix: str) -> dict[str, bytes]:
+        with self._store.cond:
+            now = time.time()
+            return {k: v for k, (v, exp) in self._store.entries.items()
+                    if k.startswith(prefix) and (exp is None or exp > now)}
+
+    def delete_entry(self, key: str) -> None:
+        with self._store.cond:
+            self._store.entries.pop(key, None)
+
     def purge_expired(self) -> int:
+        """Counts expired task records only; expired sets and entries go silently."""
         with self._store.cond:
             now = time.time()
             gone = [k for k, (_, exp) in self._store.records.items()
                     if exp is not None and exp <= now]
             for key in gone:
                 del self._store.records[key]
+            for area in (self._store.sets, self._store.entries):
+                for key in [k for k, (_, exp) in area.items() if exp is not None and exp <= now]:
+                    del area[key]
             return len(gone)
 
     def ping(self) -> None:

@@ -40,6 +40,9 @@ class BackendCapabilities:
     native_expiry: bool = False
     push_wait: bool = False
     shared_between_processes: bool = True
+    #: The coordination primitives (:meth:`ResultBackend.join` and the entry area) are
+    #: implemented: chords, cluster-wide rate limits and the worker registry need them.
+    coordination: bool = False
 
 
 class ResultBackend(ABC):
@@ -100,6 +103,35 @@ class ResultBackend(ABC):
                 pause = min(pause, left)
             time.sleep(pause)
             pause = min(pause * 2, 0.2)
+
+    # -- coordination primitives (declared by ``capabilities.coordination``) ------------------
+    # Small, atomic building blocks for chord joins, rate limits and the worker registry. Their
+    # keys live in a namespace of their own: a key never collides with a task id.
+    def join(self, key: str, member: str, *, ttl: float | None) -> int:
+        """Add ``member`` to the set ``key`` and return how many distinct members it holds.
+
+        Atomic and idempotent: adding a member already there changes nothing, so a redelivered
+        chord header task is never counted twice, and of racing callers exactly one sees any
+        given count. Each call sets the set's expiry to ``ttl`` seconds from now (``None``:
+        never); an expired set counts as empty. Raises :class:`NotImplementedError` where
+        ``capabilities.coordination`` is False.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no coordination primitives")
+
+    def put_entry(self, key: str, value: bytes, *, ttl: float | None) -> None:
+        """Set the entry ``key`` to ``value`` (replacing it), expiring ``ttl`` seconds from
+        now (``None``: never). Atomic per entry. For small, frequently rewritten values such
+        as worker registrations."""
+        raise NotImplementedError(f"{type(self).__name__} has no coordination primitives")
+
+    def entries(self, prefix: str) -> dict[str, bytes]:
+        """Every live entry whose key starts with ``prefix`` (expired ones left out), by key.
+        Meant for small areas (tens to thousands of entries); no order is promised."""
+        raise NotImplementedError(f"{type(self).__name__} has no coordination primitives")
+
+    def delete_entry(self, key: str) -> None:
+        """Delete the entry ``key``. Idempotent."""
+        raise NotImplementedError(f"{type(self).__name__} has no coordination primitives")
 
     @abstractmethod
     def purge_expired(self) -> int:

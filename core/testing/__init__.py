@@ -21,7 +21,8 @@ except ImportError as exc:  # pragma: no cover - pytest is installed wherever te
 # Installed packages are not assertion-rewritten by default; without this a failing contract
 # test would only say "AssertionError".
 pytest.register_assert_rewrite(
-    "conveyor.testing.backend", "conveyor.testing.broker", "conveyor.testing.broker_admin")
+    "conveyor.testing.backend", "conveyor.testing.broker", "conveyor.testing.broker_admin",
+    "conveyor.testing.coordination")
 
 from conveyor.testing.backend import (  # noqa: E402 - after register_assert_rewrite
     BackendConcurrencyContract,
@@ -45,9 +46,11 @@ from conveyor.testing.broker_admin import (  # noqa: E402
     BrokerConcurrencyContract,
     BrokerDeadLetterContract,
 )
+from conveyor.testing.coordination import BackendCoordinationContract  # noqa: E402
 
 __all__ = [
     "BackendConcurrencyContract",
+    "BackendCoordinationContract",
     "BackendExpiryContract",
     "BackendFixtures",
     "BackendStoreGetContract",
@@ -85,6 +88,7 @@ class ResultBackendContract(
     BackendExpiryContract,
     BackendConcurrencyContract,
     BackendWaitContract,
+    BackendCoordinationContract,
 ):
     """Every result backend guarantee. Subclass it in a ``Test*`` class and provide
     ``backend_url``."""
