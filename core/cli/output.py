@@ -1,0 +1,106 @@
+"""Safe printing for every command: escaped untrusted text, tables, ``--json`` output, errors.
+
+Untrusted strings (ids, task names, reasons, args, URLs) go through :func:`safe` before they
+reach a console: rich markup in them is escaped and control characters are shown as ``\\x1b``
+style escapes, so a hostile task name can neither style nor break the output. With ``--json``
+every output, errors included, is one JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from collections.abc import Iterable
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+out = Console(highlight=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+# Control characters (C0, DEL, C1) and the Unicode line/paragraph separators and bidi
+# overrides: each could move the cursor, restyle, or visually reorder what follows.
+_INVISIBLE = {*range(0x00, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029,
+              *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+_VISIBLE = {c: (f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}") for c in _INVISIBLE}
+_VISIBLE[0x09] = "\\t"
+_VISIBLE[0x0A] = "\\n"
+_VISIBLE[0x0D] = "\\r"
+
+
+def visible(value: object) -> str:
+    """``str(value)`` with control characters replaced by backslash escapes."""
+    return str(value).translate(_VISIBLE)
+
+
+def safe(value: object) -> str:
+    """Untrusted text made safe to embed in rich markup: controls visible, markup escaped."""
+    return escape(visible(value))
+
+
+def text(value: object, style: str = "") -> Text:
+    """Untrusted text as a rich ``Text`` (never parsed as markup), controls visible."""
+    return Text(visible(value), style=style)
+
+
+def json_mode() -> bool:
+    """True when the running command was given ``--json`` (its own or the root group's)."""
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:
+        if ctx.params.get("as_json") or (isinstance(ctx.obj, dict) and ctx.obj.get("json")):
+            return True
+        ctx = ctx.parent
+    return False
+
+
+def emit_json(data: Any) -> None:
+    """Print ``data`` as indented JSON on stdout (unknown types through ``str``)."""
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def fail(message: str, *, code: int = 1) -> NoReturn:
+    """One-line error and exit ``code``: ``{"error": ...}`` on stdout under ``--json``.
+
+    ``message`` is printed as plain text (never markup), with control characters visible.
+    """
+    if json_mode():
+        emit_json({"error": visible(message)})
+    else:
+        err.print(Text.assemble(("error:", "red"), " ", visible(message)))
+    sys.exit(code)
+
+
+def when(ts: float | None) -> str:
+    """An epoch time as ISO 8601 in local time with its UTC offset; ``-`` for None."""
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts).astimezone().isoformat(timespec="milliseconds")
+
+
+def table(*columns: str, title: str | None = None, right: Iterable[str] = ()) -> Table:
+    """A table with the given column names; ``title`` is trusted markup-free text."""
+    aligned = set(right)
+    tbl = Table(title=Text(title) if title is not None else None)
+    for col in columns:
+        tbl.add_column(col, justify="right" if col in aligned else "left", overflow="fold")
+    return tbl
+
+
+def add_row(tbl: Table, *cells: object) -> None:
+    """Add a row of untrusted cells: each printed as plain text, never as markup."""
+    tbl.add_row(*(text("-" if c is None else c) for c in cells))
+
+
+def fields(pairs: Iterable[tuple[str, object]]) -> Table:
+    """A two-column key/value table (keys bold); values are untrusted plain text."""
+    tbl = Table(show_header=False, box=None)
+    tbl.add_column(overflow="fold")
+    tbl.add_column(overflow="fold")
+    for key, val in pairs:
+        tbl.add_row(Text(key, style="bold"), text("-" if val is None else val))
+    return tbl

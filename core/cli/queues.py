@@ -1,0 +1,64 @@
+"""``conveyor queues`` and ``conveyor purge``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from conveyor.cli.common import (
+    app_from,
+    app_option,
+    json_option,
+    pass_state,
+    queues_option,
+    split_queues,
+)
+from conveyor.cli.output import add_row, emit_json, fail, out, safe, table
+
+
+@click.command()
+@app_option
+@queues_option()
+@json_option
+@pass_state
+def queues(state: dict[str, Any], app_path: str | None, queues: str | None,
+           as_json: bool) -> None:
+    """Ready, delayed, reserved and dead messages per queue."""
+    app = app_from(state, app_path)
+    names = sorted(set(split_queues(queues, app))
+                   | (set() if queues else set(app.broker.queues())))
+    stats = [app.broker.stats(name) for name in names]
+    if as_json:
+        emit_json([s.__dict__ for s in stats])
+        return
+    tbl = table("queue", "ready", "delayed", "reserved", "dead",
+                title=f"queues on {app.broker.url.masked}",
+                right=("ready", "delayed", "reserved", "dead"))
+    for s in stats:
+        add_row(tbl, s.queue, s.ready, s.delayed, s.reserved, s.dead)
+    out.print(tbl)
+
+
+@click.command()
+@app_option
+@queues_option()
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@pass_state
+def purge(state: dict[str, Any], app_path: str | None, queues: str | None, yes: bool,
+          as_json: bool) -> None:
+    """Delete ready and delayed messages (not running ones, not dead letters)."""
+    app = app_from(state, app_path)
+    names = split_queues(queues, app)
+    if not yes and not click.confirm(f"Delete all waiting messages on {', '.join(names)}?"):
+        fail("aborted")
+    counts = {name: app.broker.purge(name) for name in names}
+    if as_json:
+        emit_json(counts)
+    else:
+        for name, n in counts.items():
+            out.print(f"purged {n} messages from {safe(name)}")
+
+
+COMMANDS = [queues, purge]

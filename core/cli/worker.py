@@ -1,0 +1,76 @@
+"""``conveyor worker``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import click
+
+from conveyor.cli.common import app_from, app_option, pass_state, queues_option, split_queues
+
+
+@click.command()
+@app_option
+@queues_option()
+@click.option("-c", "--concurrency", type=click.IntRange(min=1), default=None,
+              help="Threads (threads pool) or processes (processes pool).")
+@click.option("--pool", type=click.Choice(["threads", "processes"]), default=None)
+@click.option("--threads", "threads_per_process", type=click.IntRange(min=1), default=1,
+              show_default=True, help="Threads in each process of the processes pool.")
+@click.option("--prefetch-multiplier", type=click.IntRange(min=1), default=None)
+@click.option("-n", "--hostname", default=None, help="Name of this worker in histories.")
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@pass_state
+def worker(state: dict[str, Any], app_path: str | None, queues: str | None,
+           concurrency: int | None, pool: str | None, threads_per_process: int,
+           prefetch_multiplier: int | None, hostname: str | None, loglevel: str) -> None:
+    """Run a worker: reserve tasks from QUEUES and run them."""
+    logging.basicConfig(level=loglevel.upper(), stream=sys.stderr,
+                        format="[%(asctime)s %(levelname)s %(processName)s] %(message)s")
+    app = app_from(state, app_path)
+    pool = pool or app.conf.worker_pool
+    names = split_queues(queues, app)
+    if pool == "processes":
+        from conveyor.worker.supervisor import Supervisor
+
+        child = ["worker", "-A", app_path or state.get("app_path") or "", "-Q", ",".join(names),
+                 "--pool", "threads", "-c", str(threads_per_process), "-l", loglevel]
+        if not (app_path or state.get("app_path")):
+            child = [a for a in child if a not in ("-A", "")]
+        if prefetch_multiplier:
+            child += ["--prefetch-multiplier", str(prefetch_multiplier)]
+        prefix = []
+        for flag, key in (("--broker", "broker"), ("--backend", "backend")):
+            if state.get(key):
+                prefix += [flag, state[key]]
+        sys.exit(Supervisor([*prefix, *child],
+                            processes=concurrency or app.conf.worker_concurrency).run())
+
+    from conveyor.worker.consumer import Consumer
+
+    consumer = Consumer(app, queues=names, concurrency=concurrency,
+                        prefetch_multiplier=prefetch_multiplier, hostname=hostname)
+    signals = {"count": 0}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        signals["count"] += 1
+        if signals["count"] > 1:
+            logging.getLogger("conveyor.worker").warning("second signal: exiting now")
+            os._exit(1)
+        logging.getLogger("conveyor.worker").info(
+            "signal %d: finishing running tasks (send again to exit at once)", signum)
+        consumer.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    code = consumer.run()
+    logging.getLogger("conveyor.worker").info("worker stopped after %d messages",
+                                              consumer.processed)
+    sys.exit(code)
+
+
+COMMANDS = [worker]
