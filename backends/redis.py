@@ -5,6 +5,10 @@ Keys (prefix ``conveyor:`` by default)::
     conveyor:result:<id>   HASH  state, data; expires by Redis TTL (PX, ms)
     conveyor:done:<id>     LIST  one token pushed when a terminal state is stored: the record
                                  itself ("STATE\\nDATA") when under 64 KiB, else "1"; short TTL
+    conveyor:join:<key>    SET   members of a join (chords, rate windows); expires by PX
+    conveyor:entry:<key>   STRING an entry's value; expires by PX
+    conveyor:entries       ZSET  every entry key at score 0, for prefix scans by ZRANGEBYLEX;
+                                 members whose entry expired are dropped when a scan meets them
 
 Why a token list rather than PUBLISH: a waiter reads the record, then blocks on the list. A
 result stored between the two leaves its token behind, so the waiter returns at once; with
@@ -72,6 +76,33 @@ return written
 """.replace("@INLINE@", str(_INLINE_MAX)).replace(
     "@TERMINAL@", ", ".join(f"[{s!r}] = true" for s in sorted(READY_STATES)))
 
+# Adds a member and counts in one atomic step; an expired set is simply gone.
+# KEYS: join key; ARGV: member, ttl_ms (0: never expires). Returns the set's size.
+_JOIN = """
+redis.call('SADD', KEYS[1], ARGV[1])
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) else redis.call('PERSIST', KEYS[1]) end
+return redis.call('SCARD', KEYS[1])
+"""
+
+# Every entry whose key starts with a prefix, with its value, in one atomic step.
+# KEYS: index zset; ARGV: value key prefix, lex range start, lex range end.
+# Returns a flat list key_1, value_1, key_2, value_2, ...
+_ENTRIES = """
+local names = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[2], ARGV[3])
+local found = {}
+for _, name in ipairs(names) do
+  local value = redis.call('GET', ARGV[1] .. name)
+  if value then
+    found[#found + 1] = name
+    found[#found + 1] = value
+  else
+    redis.call('ZREM', KEYS[1], name)
+  end
+end
+return found
+"""
+
 #: Records per script call in store_many (a script blocks the server while it runs).
 _STORE_CHUNK = 500
 #: How long a "done" token outlives the store; a waiter only needs it for the instant between
@@ -90,7 +121,7 @@ class RedisResultBackend(ResultBackend):
     """
 
     capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(
-        native_expiry=True, push_wait=True)
+        native_expiry=True, push_wait=True, coordination=True)
 
     def __init__(self, url: URL, *, prefix: str = "conveyor:", **options: Any) -> None:
         super().__init__(url)
@@ -100,6 +131,10 @@ class RedisResultBackend(ResultBackend):
         self._errors = RedisErrors(url)
         self._client = make_client(url, **options)
         self._store = self._client.register_script(_STORE)
+        self._join = self._client.register_script(_JOIN)
+        self._entries = self._client.register_script(_ENTRIES)
+        self._entry = f"{prefix}entry:"
+        self._entry_index = f"{prefix}entries"
 
     def store(self, record: StoredRecord, *, ttl: float | None) -> bool:
         """Write atomically in one script call; False (nothing written) when the id already
@@ -181,6 +216,44 @@ class RedisResultBackend(ResultBackend):
     def purge_expired(self) -> int:
         """Nothing to do: Redis expires records itself. Returns 0."""
         return 0
+
+    # -- coordination -----------------------------------------------------------------------
+    def join(self, key: str, member: str, *, ttl: float | None) -> int:
+        """SADD + expiry + SCARD in one script: atomic, one round trip."""
+        ttl_ms = 0 if ttl is None else max(round(ttl * 1000), 1)
+        with self._errors:
+            count = run_script(self._client, self._join, [f"{self._prefix}join:{key}"],
+                               [member, ttl_ms])
+        return int(count)
+
+    def put_entry(self, key: str, value: bytes, *, ttl: float | None) -> None:
+        """SET with PX and an index entry, in one MULTI (atomic)."""
+        with self._errors:
+            pipe = self._client.pipeline(transaction=True)
+            if ttl is None:
+                pipe.set(self._entry + key, value)
+            else:
+                pipe.set(self._entry + key, value, px=max(round(ttl * 1000), 1))
+            pipe.zadd(self._entry_index, {key: 0})
+            pipe.execute()
+
+    def entries(self, prefix: str) -> dict[str, bytes]:
+        """One script call: a lexicographic range of the index (so the prefix is literal),
+        then the values; expired ones are dropped from the index on the way."""
+        # 0xFF never occurs in UTF-8, so "[prefix" .. "[prefix\xff" is exactly the prefix.
+        start = b"[" + prefix.encode()
+        with self._errors:
+            flat = run_script(self._client, self._entries, [self._entry_index],
+                              [self._entry, start, start + b"\xff"])
+        return {flat[i].decode(): bytes(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    def delete_entry(self, key: str) -> None:
+        """DEL and ZREM in one MULTI. Idempotent."""
+        with self._errors:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.delete(self._entry + key)
+            pipe.zrem(self._entry_index, key)
+            pipe.execute()
 
     def ping(self) -> None:
         """Send PING; raises :class:`~conveyor.exceptions.ConnectionLostError` when down."""

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import mysql as mysql_dialect
 from sqlalchemy.dialects import postgresql, sqlite
 
 from conveyor.backend import BackendCapabilities, ResultBackend, StoredRecord
+from conveyor.exceptions import DriverError
 from conveyor.states import READY_STATES
 from conveyor.stores.sql import SQLStore, backoff, check_options
 from conveyor.url import URL
@@ -34,7 +36,7 @@ class SQLResultBackend(ResultBackend):
     wakes on ``NOTIFY`` as soon as a terminal state is stored.
     """
 
-    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities()
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(coordination=True)
 
     def __init__(self, url: URL, *, table_prefix: str = "conveyor_",
                  poll_interval: float = 0.2, pool_size: int = 10, **options: Any) -> None:
@@ -42,6 +44,8 @@ class SQLResultBackend(ResultBackend):
         self.poll_interval = check_options("result backend", options, poll_interval)
         self._db = SQLStore(url, "backend", table_prefix=table_prefix, pool_size=pool_size)
         self._t = self._db.tables.results
+        self._joins = self._db.tables.joins
+        self._entries = self._db.tables.entries
 
     def _live(self, now: Any) -> Any:
         t = self._t
@@ -183,11 +187,104 @@ class SQLResultBackend(ResultBackend):
                 time.sleep(max(min(left, pause()), 0.001))
 
     def purge_expired(self) -> int:
-        """Delete expired records now; return how many."""
+        """Delete expired records now; return how many (expired join sets and entries are
+        deleted too, uncounted)."""
         t = self._t
         now = self._db.now()
         with self._db.begin() as conn:
-            return int(conn.execute(t.delete().where(t.c.expires_at <= now)).rowcount)
+            count = int(conn.execute(t.delete().where(t.c.expires_at <= now)).rowcount)
+            for area in (self._joins, self._entries):
+                conn.execute(area.delete().where(area.c.expires_at <= now))
+        return count
+
+    # -- coordination -----------------------------------------------------------------------
+    def _insert(self, table: Any, values: dict[str, Any], *,
+                replace: tuple[str, ...] = ()) -> Any:
+        """An INSERT that leaves an existing row alone, or with ``replace`` updates those
+        columns of it."""
+        if self._db.dialect == "mysql":
+            if not replace:
+                return table.insert().values(values).prefix_with("IGNORE")
+            stmt = mysql_dialect.insert(table).values(values)
+            return stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in replace})
+        insert = postgresql.insert if self._db.dialect == "postgresql" else sqlite.insert
+        stmt = insert(table).values(values)
+        keys = [c for c in table.primary_key.columns]
+        if not replace:
+            return stmt.on_conflict_do_nothing(index_elements=keys)
+        return stmt.on_conflict_do_update(index_elements=keys,
+                                          set_={c: stmt.excluded[c] for c in replace})
+
+    @staticmethod
+    def _check_key(what: str, value: str, limit: int) -> None:
+        if len(value) > limit:
+            raise DriverError(f"{what} is {len(value)} characters long; the SQL backend keeps "
+                              f"at most {limit}")
+
+    def join(self, key: str, member: str, *, ttl: float | None) -> int:
+        """One transaction serialized per key by a lock on the key's head row (SELECT ... FOR
+        UPDATE; SQLite's write lock): reset when expired, insert the member if absent,
+        refresh the expiry, count."""
+        self._check_key("join key", key, 256)
+        self._check_key("join member", member, 255)
+        j = self._joins
+        with self._db.begin() as conn:
+            now = float(conn.scalar(sa.select(self._db.now())))
+            expires = None if ttl is None else now + float(ttl)
+            head = self._lock_head(conn, key, expires)
+            if head is not None and head <= now:
+                conn.execute(j.delete().where(j.c.key == key, j.c.member != ""))
+            conn.execute(self._insert(j, {"key": key, "member": "m" + member,
+                                          "expires_at": expires}))
+            conn.execute(j.update().where(j.c.key == key).values(expires_at=expires))
+            return int(conn.scalar(sa.select(sa.func.count())
+                                   .where(j.c.key == key, j.c.member != "")))
+
+    def _lock_head(self, conn: Any, key: str, expires: float | None) -> float | None:
+        """Create or lock the head row of ``key`` in one upsert that takes the row's write
+        lock at once (a plain INSERT IGNORE then SELECT FOR UPDATE deadlocks on MySQL, two
+        shared locks upgrading); return the set's expiry before this join."""
+        j = self._joins
+        values = {"key": key, "member": "", "expires_at": expires}
+        if self._db.dialect == "mysql":
+            stmt = mysql_dialect.insert(j).values(values)
+            conn.execute(stmt.on_duplicate_key_update(expires_at=j.c.expires_at))
+            return cast("float | None", conn.scalar(
+                sa.select(j.c.expires_at).where(j.c.key == key, j.c.member == "")))
+        insert = postgresql.insert if self._db.dialect == "postgresql" else sqlite.insert
+        stmt = insert(j).values(values)
+        # Setting the column to itself keeps the old expiry but still locks the row.
+        stmt = stmt.on_conflict_do_update(index_elements=[j.c.key, j.c.member],
+                                          set_={"expires_at": j.c.expires_at})
+        return cast("float | None", conn.scalar(stmt.returning(j.c.expires_at)))
+
+    def put_entry(self, key: str, value: bytes, *, ttl: float | None) -> None:
+        """One upsert."""
+        self._check_key("entry key", key, 512)
+        with self._db.begin(single=True) as conn:
+            now = float(conn.scalar(sa.select(self._db.now())))
+            conn.execute(self._insert(
+                self._entries, {"key": key, "value": bytes(value),
+                                "expires_at": None if ttl is None else now + float(ttl)},
+                replace=("value", "expires_at")))
+
+    def entries(self, prefix: str) -> dict[str, bytes]:
+        """One query. The prefix is compared for equality with the key's start, not by LIKE
+        (SQLite's LIKE ignores case) or a range (PostgreSQL collations do not sort bytes)."""
+        e = self._entries
+        # VARBINARY on MySQL counts bytes; the other dialects count characters.
+        length = len(prefix.encode()) if self._db.dialect == "mysql" else len(prefix)
+        start = sa.func.substr(e.c.key, 1, length) if length else sa.literal("")
+        query = sa.select(e.c.key, e.c.value).where(
+            start == sa.type_coerce(prefix, e.c.key.type),
+            e.c.expires_at.is_(None) | (e.c.expires_at > self._db.now()))
+        with self._db.begin(read=True) as conn:
+            return {row.key: bytes(row.value) for row in conn.execute(query)}
+
+    def delete_entry(self, key: str) -> None:
+        """One DELETE. Idempotent."""
+        with self._db.begin(single=True) as conn:
+            conn.execute(self._entries.delete().where(self._entries.c.key == key))
 
     def ping(self) -> None:
         """One round trip; raises ConnectionLostError/AuthenticationError."""

@@ -6,6 +6,10 @@ Tables (``<p>`` is the ``table_prefix``, ``conveyor_`` by default)::
                  index (queue, available_at, id): the claim reads it in order
     <p>dead      id, queue, body, reason, dead_at
     <p>results   task_id, state, data, expires_at, updated_at
+    <p>joins     key, member, expires_at: the sets of ``ResultBackend.join``; a head row
+                 (member '') per key holds the set's lock and expiry, members are stored
+                 as 'm' + member
+    <p>entries   key, value, expires_at: the entry area of the coordination primitives
     <p>schema    component, version: written when a component's tables are created
 
 Times are float epoch seconds read from the **database server's clock** (``now()``), so
@@ -34,13 +38,14 @@ from conveyor.exceptions import (
     ConfigurationError,
     ConnectionLostError,
     DriverError,
+    ValueRefusedError,
 )
 from conveyor.registry import require
 from conveyor.url import URL
 
 _PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
 SCHEMA_VERSION = 1
-_TABLES_OF = {"broker": ("messages", "dead"), "backend": ("results",)}
+_TABLES_OF = {"broker": ("messages", "dead"), "backend": ("results", "joins", "entries")}
 _CLIENT_FOR = {"postgresql": ("psycopg", "postgres"), "mysql": ("pymysql", "mysql"),
                "mariadb": ("pymysql", "mysql")}
 # Connection refusals that mean "fix your settings", not "try again later".
@@ -59,6 +64,27 @@ def validate_prefix(prefix: str) -> str:
     return prefix
 
 
+class ExactKey(sa.types.TypeDecorator[str]):
+    """A string compared byte for byte on every dialect. MySQL/MariaDB's ``utf8mb4_bin``
+    still pads: ``'a'`` and ``'a '`` would be one key there, so keys are VARBINARY."""
+
+    impl = sa.String
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.VARBINARY(self.impl.length * 4))
+        return dialect.type_descriptor(sa.String(self.impl.length))
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> Any:
+        if value is not None and dialect.name in ("mysql", "mariadb"):
+            return value.encode()
+        return value
+
+    def process_result_value(self, value: Any, dialect: Any) -> str | None:
+        return value.decode() if isinstance(value, bytes) else value
+
+
 @dataclass(frozen=True)
 class Tables:
     """The Core ``Table`` objects of one prefix."""
@@ -68,6 +94,8 @@ class Tables:
     dead: Any
     results: Any
     schema: Any
+    joins: Any
+    entries: Any
 
 
 def build_tables(prefix: str) -> Tables:
@@ -113,7 +141,19 @@ def build_tables(prefix: str) -> Tables:
         sa.Column("component", sa.String(32), primary_key=True),
         sa.Column("version", sa.Integer(), nullable=False),
     )
-    return Tables(md, messages, dead, results, schema)
+    joins = sa.Table(
+        f"{prefix}joins", md,
+        sa.Column("key", ExactKey(256), primary_key=True),
+        sa.Column("member", ExactKey(256), primary_key=True),
+        sa.Column("expires_at", sa.Double(), nullable=True),
+    )
+    entries = sa.Table(
+        f"{prefix}entries", md,
+        sa.Column("key", ExactKey(512), primary_key=True),
+        sa.Column("value", blob, nullable=False),
+        sa.Column("expires_at", sa.Double(), nullable=True),
+    )
+    return Tables(md, messages, dead, results, schema, joins, entries)
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -135,14 +175,72 @@ def _is_auth_failure(orig: BaseException | None) -> bool:
     return "fatal" in text and any(word in text for word in _PG_AUTH_WORDS)
 
 
+#: MySQL/MariaDB ``max_allowed_packet`` per URL, read when a connection opens: a statement
+#: over it makes the server drop the connection, which looks like an outage but is not.
+_MAX_PACKET: dict[str, int] = {}
+#: MySQL errors that refuse the statement itself (packet too large, row size too large).
+_MYSQL_REFUSED_CODES = {1153, 1118, 1301, 1406, 1366, 1265}
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+
+
+def _largest_value(params: Any) -> int:
+    """The size in bytes of the largest bound value in a statement's parameters."""
+    if isinstance(params, dict):
+        params = params.values()
+    elif not isinstance(params, list | tuple):
+        return 0
+    largest = 0
+    for value in params:
+        if isinstance(value, bytes | bytearray | memoryview | str):
+            largest = max(largest, len(value))
+        elif isinstance(value, dict | list | tuple):
+            largest = max(largest, _largest_value(value))
+    return largest
+
+
+def max_packet(url: URL) -> int | None:
+    """The server's ``max_allowed_packet`` for a MySQL/MariaDB URL once a connection has
+    opened; None elsewhere (or before)."""
+    return _MAX_PACKET.get(url.raw)
+
+
+def refuse_oversized(url: URL, size: int, what: str) -> None:
+    """Raise :class:`ValueRefusedError` when ``size`` bytes cannot fit one MySQL packet, before
+    sending it (the server would drop the connection instead of answering)."""
+    limit = _MAX_PACKET.get(url.raw)
+    if limit is not None and size + 1024 > limit:
+        raise ValueRefusedError(
+            f"{url.masked}: {what} too large for the server: {_mib(size)} over its "
+            f"max_allowed_packet of {_mib(limit)} (raise max_allowed_packet, or keep large "
+            "values elsewhere and pass a reference)")
+
+
 def translate(exc: BaseException, url: URL) -> BaseException:
-    """The conveyor error for a SQLAlchemy/DBAPI exception (the caller raises it ``from``)."""
+    """The conveyor error for a SQLAlchemy/DBAPI exception (the caller raises it ``from``).
+
+    "The server is down" becomes the retryable :class:`ConnectionLostError`; "the server
+    refuses this value" (too long for its column, a NUL in PostgreSQL text, a statement over
+    MySQL's ``max_allowed_packet``) becomes :class:`ValueRefusedError`, never retried.
+    """
     where = url.masked
     if isinstance(exc, sa_exc.DBAPIError):
         orig = exc.orig
         detail = _first_line(orig) if orig is not None else _first_line(exc)
         if _is_auth_failure(orig):
             return AuthenticationError(f"{where} refused the connection: {detail}")
+        code = getattr(orig, "args", (None,))[0] if getattr(orig, "args", None) else None
+        if isinstance(exc, sa_exc.DataError) or (
+                isinstance(code, int) and code in _MYSQL_REFUSED_CODES):
+            return ValueRefusedError(f"{where} refused the value: {detail}")
+        limit = _MAX_PACKET.get(url.raw)
+        largest = _largest_value(exc.params)
+        if limit is not None and largest + len(exc.statement or "") >= limit:
+            return ValueRefusedError(
+                f"{where}: value too large for the server: {_mib(largest)} over its "
+                f"max_allowed_packet of {_mib(limit)} ({detail})")
         if exc.connection_invalidated or isinstance(
                 exc, sa_exc.OperationalError | sa_exc.InterfaceError):
             if isinstance(exc, sa_exc.OperationalError) and "no such table" in detail:
@@ -217,6 +315,15 @@ def _on_mysql_connect(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _read_max_packet(url: URL, dbapi_conn: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("SELECT @@max_allowed_packet")
+    row = cursor.fetchone()
+    cursor.close()
+    if row and row[0]:
+        _MAX_PACKET[url.raw] = int(row[0])
+
+
 def _create_engine(url: URL, pool_size: int) -> Any:
     try:
         sa_url = make_url(url.raw)
@@ -256,6 +363,8 @@ def _create_engine(url: URL, pool_size: int) -> Any:
         sa.event.listen(engine, "begin", _on_sqlite_begin)
     elif engine.dialect.name in ("mysql", "mariadb"):
         sa.event.listen(engine, "connect", _on_mysql_connect)
+        sa.event.listen(engine, "connect", lambda dbapi_conn, _record: _read_max_packet(
+            url, dbapi_conn))
     return engine
 
 
