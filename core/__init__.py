@@ -4,11 +4,12 @@
 """
 
 from conveyor.app import Conveyor
-from conveyor.canvas import Signature, chain, group, signature
-from conveyor.result import AsyncResult, GroupResult
+from conveyor.canvas import Signature, chain, chord, group, signature
+from conveyor.result import AsyncResult, EagerResult, GroupResult, ResultSet
+from conveyor.shared import shared_task
 from conveyor.states import State
 from conveyor.task import Task
 
-__all__ = ["AsyncResult", "Conveyor", "GroupResult", "Signature", "State", "Task", "chain",
-           "group", "signature"]
+__all__ = ["AsyncResult", "Conveyor", "EagerResult", "GroupResult", "ResultSet", "Signature",
+           "State", "Task", "chain", "chord", "group", "shared_task", "signature"]
 __version__ = "0.1.0"

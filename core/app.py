@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from conveyor import signals
 from conveyor.backend import StoredRecord
 from conveyor.config import Settings
 from conveyor.exceptions import ConveyorError, TaskOptionError
-from conveyor.ids import new_id
+from conveyor.ids import check_task_id, new_id
 from conveyor.message import Message
 from conveyor.pending import PendingWriter
 from conveyor.record import TaskRecord
@@ -39,6 +40,15 @@ def to_timestamp(value: datetime | float) -> float:
     return value.timestamp() if isinstance(value, datetime) else float(value)
 
 
+def _check_sizes(batch: list[Outgoing], bodies: list[bytes], limit: int) -> None:
+    for o, body in zip(batch, bodies, strict=True):
+        if len(body) > limit:
+            raise TaskOptionError(
+                f"message of task {o.message.task} is {len(body):,} bytes; the broker takes at "
+                f"most {limit:,} (max_message_size): keep large values elsewhere and pass a "
+                "reference")
+
+
 @dataclass(slots=True)
 class Outgoing:
     """A message ready to publish: the queue it goes to and its delay in seconds."""
@@ -46,6 +56,11 @@ class Outgoing:
     message: Message
     queue: str
     delay: float
+
+    @property
+    def priority(self) -> int:
+        """The message's priority (0..9); it travels with the message through retries."""
+        return self.message.priority
 
 
 class Conveyor:
@@ -72,23 +87,49 @@ class Conveyor:
         self._backend: ResultBackend | None = None
         self._codecs: tuple[Codec, Codec, Signer] | None = None
         self._pending: PendingWriter | None = None
+        # Last: registering the shared tasks on this app needs the app complete.
+        from conveyor.shared import adopt
+
+        adopt(self)
 
     def __repr__(self) -> str:
         return (f"<Conveyor {self.main or '__main__'} broker={URL.of(self.conf.broker_url)} "
                 f"backend={URL.of(self.conf.result_backend)}>")
 
-    # -- configuration --------------------------------------------------------------------
-    def config_from_object(self, obj: object | str) -> None:
-        """Load settings from a module, a ``"module"`` path, a class or a mapping.
+    def set_current(self) -> None:
+        """Make this the app that ``shared_task`` tasks act on (the newest app is, already)."""
+        from conveyor.shared import set_current
 
-        Lowercase attribute names are settings; anything else is ignored. Closes existing
+        set_current(self)
+
+    # -- configuration --------------------------------------------------------------------
+    def config_from_object(self, obj: object | str, *, namespace: str | None = None) -> None:
+        """Load settings from a module, a ``"module"`` or ``"module:attr"`` path, a class, an
+        object or a mapping, as code (the environment still wins).
+
+        Lowercase public names are settings; with ``namespace="CONVEYOR"`` (Celery's Django
+        style) only ``CONVEYOR_``-prefixed names are read, the prefix dropped. Closes existing
         connections so new URLs take effect.
         """
         if isinstance(obj, str):
-            obj = importlib.import_module(obj)
-        values = dict(obj) if isinstance(obj, dict) else {
-            k: getattr(obj, k) for k in dir(obj) if k.islower() and not k.startswith("_")
-            and not callable(getattr(obj, k)) and not isinstance(getattr(obj, k), type(importlib))}
+            module_name, _, attr = obj.partition(":")
+            obj = importlib.import_module(module_name)
+            if attr:
+                obj = getattr(obj, attr)
+        names = obj.keys() if isinstance(obj, dict) else dir(obj)
+        values = {}
+        for name in names:
+            value = obj[name] if isinstance(obj, dict) else getattr(obj, name)
+            key = name
+            if namespace is not None:
+                if not name.startswith(f"{namespace}_"):
+                    continue
+                key = name[len(namespace) + 1:].lower()
+            elif not name.islower() or name.startswith("_"):
+                continue
+            if isinstance(obj, dict) or not (callable(value) or
+                                             isinstance(value, type(importlib))):
+                values[key] = value
         self.conf.update(values)
         self.close()
 
@@ -154,13 +195,23 @@ class Conveyor:
              **options: Any) -> Callable[[F], Task[Any, Any]]: ...
 
     def task(self, fn: Callable[..., Any] | None = None, *, name: str | None = None,
-             bind: bool = False, **options: Any) -> Any:
+             bind: bool = False, base: type[Task[Any, Any]] | None = None,
+             **options: Any) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(bind=True, ...)``.
 
         Options: ``max_retries``, ``default_retry_delay``, ``autoretry_for``,
-        ``dont_autoretry_for``, ``retry_backoff``, ``retry_backoff_max``, ``retry_jitter``,
-        ``queue``, ``expires``, ``ignore_result``, ``dead_letter_failures``.
+        ``dont_autoretry_for``, ``retry_kwargs``, ``retry_backoff``, ``retry_backoff_max``,
+        ``retry_jitter``, ``queue``, ``priority``, ``expires``, ``ignore_result``,
+        ``acks_late``, ``rate_limit``, ``time_limit``, ``soft_time_limit``,
+        ``dead_letter_failures``. ``base``: a :class:`Task` subclass whose hooks
+        (``on_success``, ``on_failure``, ``on_retry``, ``after_return``) and class-attribute
+        options the task takes.
         """
+        cls = base or Task
+        if not (isinstance(cls, type) and issubclass(cls, Task)):
+            raise TypeError(f"base={cls!r} is not a subclass of conveyor.Task")
+        options = {**cls.class_options(), **options}
+
         def register(func: Callable[..., Any]) -> Task[Any, Any]:
             module = func.__module__
             if module == "__main__" and self.main:
@@ -168,11 +219,42 @@ class Conveyor:
                 # match the names a worker importing that module registers.
                 module = self.main
             task_name = name or f"{module}.{func.__qualname__}"
-            task: Task[Any, Any] = Task(self, func, name=task_name, bind=bind, **options)
+            task: Task[Any, Any] = cls(self, func, name=task_name, bind=bind, **options)
             self.tasks[task_name] = task
             return task
 
         return register(fn) if fn is not None else register
+
+    def register_task(self, task: type[Task[Any, Any]] | Task[Any, Any]) -> Task[Any, Any]:
+        """Register a class-based task (a :class:`Task` subclass defining ``run``, or an
+        instance of one) and return it. Its name is its ``name`` class attribute, else
+        ``module.ClassName``."""
+        if isinstance(task, type):
+            cls = task
+            name = vars(cls).get("name") or f"{cls.__module__}.{cls.__qualname__}"
+            task = cls(self, None, name=name, **cls.class_options())
+        self.tasks[task.name] = task
+        return task
+
+    @property
+    def routers(self) -> list[Any]:
+        """The routers of ``task_routes`` (rebuilt when the setting is replaced)."""
+        setting = self.conf.task_routes
+        cached = self.__dict__.get("_routers")
+        if cached is None or cached[0] is not setting:
+            from conveyor.routing import routers
+
+            cached = (setting, routers(setting))
+            self.__dict__["_routers"] = cached
+        return cached[1]
+
+    @property
+    def control(self) -> Any:
+        """Revoke tasks, inspect and command workers (``app.control.revoke(id)``,
+        ``app.control.inspect().active()``); see :mod:`conveyor.control`."""
+        from conveyor.control import Control
+
+        return Control(self)
 
     # -- sending --------------------------------------------------------------------------
     def build_message(self, name: str, args: Iterable[Any] | None = None,
@@ -180,7 +262,7 @@ class Conveyor:
                       countdown: float | None = None, eta: datetime | float | None = None,
                       expires: datetime | float | None = None, queue: str | None = None,
                       task_id: str | None = None, max_retries: int | None = None,
-                      **extra: Any) -> Outgoing:
+                      priority: int | None = None, **extra: Any) -> Outgoing:
         """Validate options and encode arguments into an :class:`Outgoing` message.
 
         Raises :class:`TaskOptionError` or :class:`SerializationError`; sends nothing.
@@ -207,12 +289,26 @@ class Conveyor:
                     not isinstance(expires, datetime) and float(expires) <= 0):
                 raise TaskOptionError(f"expires {expires} is in the past: the task would never "
                                       "run; give seconds from now or a future datetime")
+        if (queue is None or priority is None) and self.conf.task_routes is not None:
+            from conveyor.routing import route
+
+            found = route(self.routers, name, args, kwargs, options={"queue": queue},
+                          task=self.tasks.get(name))
+            queue = queue or found.get("queue")
+            priority = priority if priority is not None else found.get("priority")
         queue = queue or self.conf.task_default_queue
+        if priority is None:
+            priority = self.conf.task_default_priority
+        if priority:
+            from conveyor.routing import check_priority
+
+            extra["priority"] = check_priority(priority)
         if not isinstance(queue, str) or not queue.strip():
             raise TaskOptionError("queue name must be a non-empty string")
         content_type, packed_args, packed_kwargs = Message.pack_arguments(
             self.task_codec, list(args or ()), dict(kwargs or {}))
-        msg = Message(id=task_id or new_id(), task=name, args=packed_args,
+        msg = Message(id=new_id() if task_id is None else check_task_id(task_id), task=name,
+                      args=packed_args,
                       kwargs=packed_kwargs, content_type=content_type, eta=due,
                       expires=expires_at, max_retries=max_retries, sent_at=now, **extra)
         return Outgoing(msg, queue, max(0.0, due - now) if due is not None else 0.0)
@@ -222,7 +318,10 @@ class Conveyor:
         :mod:`conveyor.pending`). Messages with the same queue and delay go in one
         ``enqueue_many``. Unencodable arguments raise before anything is sent."""
         bodies = [o.message.encode(self.signer) for o in batch]
-        self.enqueue(batch, bodies)
+        if signals.before_task_publish.receivers or signals.after_task_publish.receivers:
+            signals.publish(batch, lambda: self.enqueue(batch, bodies))
+        else:
+            self.enqueue(batch, bodies)
         if self.conf.task_store_pending:
             self.pending.add(self.pending_records(batch))
 
@@ -266,30 +365,41 @@ class Conveyor:
         limit = self.broker.capabilities.max_delay
         if bodies is None:
             bodies = [o.message.encode(self.signer) for o in batch]
-        buckets: dict[tuple[str, float], list[bytes]] = defaultdict(list)
+        largest = self.broker.capabilities.max_message_size
+        if largest is not None:
+            _check_sizes(batch, bodies, largest)
+        # Only brokers that declare priorities are given one: others' enqueue lacks it.
+        ranked = self.broker.capabilities.priorities
+        buckets: dict[tuple[str, float, int], list[bytes]] = defaultdict(list)
         for o, body in zip(batch, bodies, strict=True):
             delay = o.delay if limit is None else min(o.delay, limit)
-            buckets[(o.queue, delay)].append(body)
-        for (queue, delay), same in buckets.items():
+            buckets[(o.queue, delay, o.message.priority if ranked else 0)].append(body)
+        for (queue, delay, priority), same in buckets.items():
+            opts: dict[str, Any] = {"delay": delay}
+            if priority:
+                opts["priority"] = priority
             if len(same) == 1:
-                self._retrying(self.broker.enqueue, queue, same[0], delay=delay)
+                self._retrying(self.broker.enqueue, queue, same[0], **opts)
             else:
-                self._retrying(self.broker.enqueue_many, queue, same, delay=delay)
+                self._retrying(self.broker.enqueue_many, queue, same, **opts)
 
     def _retrying(self, send: Callable[..., object], *args: Any, **kwargs: Any) -> None:
-        """Send, retrying a lost connection ``task_publish_retries`` times (0.1 s, 0.2 s,
-        ...), as Celery's publish retry does. May duplicate a message whose first send
-        reached the broker, never lose one."""
+        """Send, retrying a lost connection with backoff (0.1 s doubling to 1 s) for up to
+        ``broker_publish_retry_timeout`` seconds, as Celery's publish retry does (it counts
+        tries; a budget in seconds is what rides out a broker restart). May duplicate a
+        message whose first send reached the broker, never lose one."""
         pause = 0.1
-        for attempt in range(self.conf.task_publish_retries + 1):
+        deadline = time.monotonic() + self.conf.broker_publish_retry_timeout
+        while True:
             try:
                 send(*args, **kwargs)
                 return
             except ConveyorError as exc:
-                if not exc.retryable or attempt == self.conf.task_publish_retries:
+                left = deadline - time.monotonic()
+                if not exc.retryable or left <= 0:
                     raise
-                time.sleep(pause)
-                pause *= 2
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, 1.0)
 
     def send_task(self, name: str, args: Iterable[Any] | None = None,
                   kwargs: dict[str, Any] | None = None, **options: Any) -> AsyncResult:
@@ -318,3 +428,8 @@ class Conveyor:
         self.flush_pending()
         stored = self.backend.get(task_id)
         return TaskRecord.from_stored(stored) if stored is not None else None
+
+
+#: The task base class, for ``class MyTask(app.Task)`` as in Celery. Set after the class body:
+#: inside it, the name would shadow the type in annotations.
+Conveyor.Task = Task  # type: ignore[attr-defined]

@@ -1,13 +1,17 @@
 """Settings: Celery's lowercase names where the meaning is the same.
 
-Precedence, lowest first: defaults, ``CONVEYOR_*`` environment variables, then whatever the
-application sets (constructor keywords, ``config_from_object``, ``app.conf.update``).
+Precedence, highest first: the command line (``--broker``, ``--backend``), the environment
+(``CONVEYOR_BROKER_URL``, ``CONVEYOR_BACKEND_URL``, ``CONVEYOR_<SETTING>``, read when the app
+is created), what the code sets (constructor keywords, ``config_from_object``,
+``app.conf.update``, ``app.conf.KEY = value``), then the defaults. ``conf.source(name)`` says
+which layer a value came from.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from conveyor.exceptions import ConfigurationError, ImproperlyConfiguredError
@@ -30,8 +34,6 @@ class Settings:
     result_expires: float | None = 86400.0
     #: Write a PENDING record at send time, so a queued task is told apart from an unknown id.
     task_store_pending: bool = True
-    #: Times a send is retried when the broker connection was lost.
-    task_publish_retries: int = 3
     task_track_started: bool = True
     #: Ack after the outcome is stored (at-least-once). False acks before running (at-most-once).
     task_acks_late: bool = True
@@ -39,6 +41,12 @@ class Settings:
     task_default_retry_delay: float = 180.0
     #: Dead-letter a task that fails without retrying, too (exhausted retries always are).
     task_dead_letter_failures: bool = False
+    #: Deliveries after which a message that never finished goes to the dead-letter queue
+    #: with its attempt history instead of being delivered again (0: no limit).
+    broker_max_deliveries: int = 20
+    #: Seconds a send keeps retrying a lost broker connection before raising: long enough
+    #: to ride out a broker restart of a few seconds.
+    broker_publish_retry_timeout: float = 10.0
     #: The broker lease; the worker's heartbeat extends it while a task runs.
     broker_visibility_timeout: float = 30.0
     worker_concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -51,35 +59,105 @@ class Settings:
     worker_poll_wait: float = 1.0
     #: How often a worker purges expired results on backends that don't expire natively.
     result_cleanup_interval: float = 3600.0
+    #: Routes by task name, glob or callable (see :mod:`conveyor.routing`).
+    task_routes: Any = None
+    #: Priority (0..9) of messages whose task and route give none.
+    task_default_priority: int | None = None
+    #: Hard and soft time limits (seconds) of tasks that set none.
+    task_time_limit: float | None = None
+    task_soft_time_limit: float | None = None
 
-    def update(self, values: dict[str, Any]) -> None:
-        """Set known settings from ``values``; unknown names raise with a suggestion."""
-        names = {f.name for f in fields(self)}
-        aliases = {"broker": "broker_url", "backend": "result_backend",
-                   "backend_url": "result_backend", "result_backend_url": "result_backend"}
-        for key, value in values.items():
-            name = aliases.get(key.lower(), key.lower())
-            if name not in names:
-                import difflib
+    #: The layers set so far: source -> setting -> (value, label), see :data:`PRECEDENCE`.
+    _layers: dict[str, dict[str, tuple[Any, str]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+    #: Keys that are not settings (kept, as Celery keeps them, for the application's use).
+    _extra: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
-                close = difflib.get_close_matches(name, sorted(names), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ConfigurationError(f"unknown setting {key!r}{hint}")
-            setattr(self, name, _coerce(name, value, getattr(self, name)))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_ready", True)
 
-    def from_environ(self, environ: dict[str, str] | None = None) -> None:
-        """Read ``CONVEYOR_BROKER_URL``, ``CONVEYOR_BACKEND_URL`` and ``CONVEYOR_<SETTING>``."""
-        env = dict(os.environ if environ is None else environ)
-        values: dict[str, Any] = {}
-        if "CONVEYOR_BROKER_URL" in env:
-            values["broker_url"] = env.pop("CONVEYOR_BROKER_URL")
-        if "CONVEYOR_BACKEND_URL" in env:
-            values["result_backend"] = env.pop("CONVEYOR_BACKEND_URL")
-        names = {f.name for f in fields(self)}
-        for key, value in env.items():
-            if key.startswith("CONVEYOR_") and key[9:].lower() in names:
-                values[key[9:].lower()] = value
-        self.update(values)
+    def __setattr__(self, name: str, value: Any) -> None:
+        # ``conf.KEY = value`` is code setting KEY: it takes the code layer's place, so a
+        # value from the environment or the command line still wins.
+        if name in SETTING_NAMES and self.__dict__.get("_ready"):
+            self.update({name: value})
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        extra = self.__dict__.get("_extra", {})
+        if name in extra:
+            return extra[name]
+        raise AttributeError(f"no setting {name!r}{_did_you_mean(name)}")
+
+    def __getitem__(self, key: str) -> Any:
+        name = _canonical(key)
+        if name in SETTING_NAMES:
+            return getattr(self, name)
+        return self._extra[key]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and (_canonical(key) in SETTING_NAMES or key in self._extra)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``conf[key]``, or ``default`` when it is neither a setting nor a key set earlier."""
+        if key not in self:
+            return default
+        return self[key]
+
+    def update(self, values: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
+               /, *, source: str = "code", label: str | None = None, **kw: Any) -> None:
+        """Set settings from a mapping and/or keywords, as ``dict.update`` (and Celery) do.
+
+        ``source`` is the layer written: ``"code"`` (the default), ``"environment"`` or
+        ``"command line"``; a value only takes effect when no higher layer (see
+        :data:`PRECEDENCE`) sets the same name. Celery's lowercase names; ``broker`` and
+        ``backend`` are accepted as aliases. A key that is no setting is kept (readable as
+        ``conf.KEY``) with a warning naming the nearest setting.
+        """
+        if source not in PRECEDENCE:
+            raise ValueError(f"source must be one of {', '.join(PRECEDENCE)}")
+        items = list(dict(values or {}).items()) + list(kw.items())
+        layer = self._layers.setdefault(source, {})
+        for key, value in items:
+            name = _canonical(key)
+            if name not in SETTING_NAMES:
+                import warnings
+
+                from conveyor.exceptions import ConfigurationWarning
+
+                warnings.warn(f"unknown setting {key!r}{_did_you_mean(name)}: kept in app.conf "
+                              "but nothing in conveyor reads it", ConfigurationWarning,
+                              stacklevel=2)
+                self._extra[key] = value
+                continue
+            layer[name] = (_coerce(name, value), label or source)
+            self._apply(name)
+
+    def _apply(self, name: str) -> None:
+        for source in reversed(PRECEDENCE):
+            if name in self._layers.get(source, {}):
+                object.__setattr__(self, name, self._layers[source][name][0])
+                return
+        default = _DEFAULTS[name]
+        object.__setattr__(self, name, default() if callable(default) else default)
+
+    def source(self, name: str) -> str:
+        """Where a setting's value came from: ``"default"``, ``"code"``,
+        ``"environment (CONVEYOR_BROKER_URL)"``, ``"command line (--broker)"``."""
+        for source in reversed(PRECEDENCE):
+            if name in self._layers.get(source, {}):
+                return self._layers[source][name][1]
+        return "default"
+
+    def from_environ(self, environ: Mapping[str, str] | None = None) -> None:
+        """Read ``CONVEYOR_BROKER_URL``, ``CONVEYOR_BACKEND_URL`` and ``CONVEYOR_<SETTING>``
+        into the environment layer, which beats what the code sets."""
+        env = os.environ if environ is None else environ
+        for var, name in environment_variables().items():
+            if var in env:
+                self.update({name: env[var]}, source="environment",
+                            label=f"environment ({var})")
 
     def check(self) -> list[str]:
         """Problems where settings contradict each other (empty when consistent)."""
@@ -115,24 +193,60 @@ class Settings:
         return self.broker_visibility_timeout / 3
 
 
-def _coerce(name: str, value: Any, current: Any) -> Any:
-    """Turn environment strings into the setting's type."""
+PRECEDENCE = ("code", "environment", "command line")
+"""Layers of configuration, lowest first (defaults lie below them all): the environment beats
+the code, as Celery's ``CELERY_BROKER_URL`` does, so one image runs anywhere."""
+
+SETTING_NAMES = frozenset(f.name for f in fields(Settings) if f.init)
+_DEFAULTS: dict[str, Any] = {
+    f.name: (f.default_factory if f.default is MISSING else f.default)
+    for f in fields(Settings) if f.init}
+_ALIASES = {"broker": "broker_url", "backend": "result_backend",
+            "backend_url": "result_backend", "result_backend_url": "result_backend"}
+
+
+def environment_variables() -> dict[str, str]:
+    """Every environment variable read, mapped to the setting it sets."""
+    names = {f"CONVEYOR_{name.upper()}": name for name in sorted(SETTING_NAMES)}
+    names["CONVEYOR_BACKEND_URL"] = "result_backend"
+    return names
+
+
+def _canonical(key: str) -> str:
+    return _ALIASES.get(key.lower(), key.lower())
+
+
+def _did_you_mean(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name.lower(), sorted(SETTING_NAMES), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn environment strings into the setting's type (read from its annotation)."""
     if not isinstance(value, str):
         return value
+    kind = str(_TYPES[name])
     try:
-        if isinstance(current, bool):
+        if kind.endswith("| None") and value.lower() in {"none", ""}:
+            return None
+        if kind.startswith("bool"):
             if value.lower() in {"1", "true", "yes", "on"}:
                 return True
             if value.lower() in {"0", "false", "no", "off"}:
                 return False
             raise ValueError(value)
-        if isinstance(current, int):
+        if kind.startswith("int"):
             return int(value)
-        if isinstance(current, float) or name in {"result_expires", "worker_heartbeat_interval"}:
-            return None if value.lower() in {"none", ""} else float(value)
-        if isinstance(current, list):
+        if kind.startswith("float"):
+            return float(value)
+        if kind.startswith("list"):
             return [v.strip() for v in value.split(",") if v.strip()]
     except ValueError as exc:
         raise ConfigurationError(f"setting {name}={value!r} is not a valid "
-                                 f"{type(current).__name__}") from exc
+                                 f"{kind.split(' ', maxsplit=1)[0]}") from exc
     return value
+
+
+_TYPES = {f.name: f.type for f in fields(Settings) if f.init}

@@ -21,6 +21,10 @@ class ConfigurationError(ConveyorError, ValueError):
     """A setting, URL or option is invalid; the message says which and how to fix it."""
 
 
+class ConfigurationWarning(UserWarning):
+    """A key given to the configuration is no setting (the message names the nearest one)."""
+
+
 class InvalidURLError(ConfigurationError):
     """A broker or backend URL cannot be parsed or names nothing usable."""
 
@@ -41,6 +45,11 @@ class ConnectionLostError(DriverError, ConnectionError):
     """The server could not be reached or the connection dropped. Safe to try again."""
 
     retryable = True
+
+
+class ValueRefusedError(DriverError, ValueError):
+    """The server is up but refuses this value (too large, an id too long or holding a
+    character it cannot store, out of memory). Trying the same value again cannot succeed."""
 
 
 class AuthenticationError(DriverError, PermissionError):
@@ -104,6 +113,19 @@ class TaskRevokedError(TaskError):
     """The task was revoked or expired before it ran."""
 
 
+class SoftTimeLimitExceeded(TaskError):  # noqa: N818 - Celery's name
+    """Raised inside a task that ran past its ``soft_time_limit``: it may clean up and
+    return, raise, or retry."""
+
+
+class TimeLimitExceeded(TaskError):  # noqa: N818 - Celery's name
+    """Recorded as the failure of a task that ran past its hard ``time_limit``."""
+
+
+class Terminated(TaskError):  # noqa: N818 - Celery's name
+    """Raised inside a running task revoked with ``terminate=True``."""
+
+
 class RemoteTaskError(TaskError):
     """A task failed with an exception whose class cannot be rebuilt here.
 
@@ -116,6 +138,18 @@ class RemoteTaskError(TaskError):
         self.message = message
 
 
+class ChordError(TaskError):
+    """A chord's body could not run because a header task failed (the message names it)."""
+
+
+class Replace(TaskError):  # noqa: N818 - a signal, like Retry
+    """Raised by ``Task.replace(sig)``: the worker runs ``sig`` in the task's place."""
+
+    def __init__(self, sig: Any) -> None:
+        super().__init__(f"replaced by {sig!r}")
+        self.sig = sig
+
+
 class Reject(TaskError):  # noqa: N818 - Celery's name
     """Raised inside a task to send its message to the dead-letter queue without retrying."""
 
@@ -125,12 +159,33 @@ class Reject(TaskError):  # noqa: N818 - Celery's name
 
 
 __all__ = [
-    "AuthenticationError", "ConfigurationError", "ConnectionLostError", "ConveyorError",
+    "AuthenticationError", "ChordError",
+    "ConfigurationError", "ConfigurationWarning", "ConnectionLostError",
+    "ConveyorError",
     "DriverError", "ImproperlyConfiguredError", "InvalidURLError", "LeaseLostError",
     "MaxRetriesExceededError", "MessageDecodeError", "MissingDependencyError",
-    "NotRegisteredError", "Reject", "RemoteTaskError", "Retry", "SerializationError",
-    "TaskError", "TaskOptionError", "TaskRevokedError", "TimeoutError", "UnknownSchemeError",
+    "NotRegisteredError", "Reject", "RemoteTaskError", "Replace", "Retry", "SerializationError",
+    "SoftTimeLimitExceeded", "TaskError", "TaskOptionError", "TaskRevokedError", "Terminated",
+    "TimeLimitExceeded", "TimeoutError", "UnknownSchemeError", "ValueRefusedError",
 ]
+
+
+class ExceptionInfo:
+    """An exception with its formatted traceback, as task hooks and signals receive it
+    (Celery's ``einfo``): ``exception``, ``type``, ``traceback`` (text)."""
+
+    __slots__ = ("exception", "traceback", "type")
+
+    def __init__(self, exception: BaseException, traceback: str | None = None) -> None:
+        self.exception = exception
+        self.type = type(exception)
+        self.traceback = traceback or ""
+
+    def __str__(self) -> str:
+        return self.traceback
+
+    def __repr__(self) -> str:
+        return f"<ExceptionInfo {self.type.__name__}: {self.exception}>"
 
 
 def describe(exc: BaseException) -> dict[str, Any]:

@@ -54,10 +54,13 @@ pass_state = click.make_pass_decorator(dict, ensure=True)
 def app_from(state: dict[str, Any], app_path: str | None = None) -> Conveyor:
     """The app named by ``-A`` (here or on the root group), with ``--broker/--backend`` applied."""
     app = load_app(app_path or state.get("app_path"))
-    overrides = {k: v for k, v in (("broker_url", state.get("broker")),
-                                   ("result_backend", state.get("backend"))) if v}
-    if overrides:
-        app.conf.update(overrides)
+    changed = False
+    for name, key in (("broker_url", "broker"), ("result_backend", "backend")):
+        if state.get(key):
+            app.conf.update({name: state[key]}, source="command line",
+                            label=f"command line (--{key})")
+            changed = True
+    if changed:
         app.close()
     return app
 

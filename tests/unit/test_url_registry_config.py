@@ -11,6 +11,7 @@ from conveyor import Conveyor
 from conveyor.config import Settings
 from conveyor.exceptions import (
     ConfigurationError,
+    ConfigurationWarning,
     ConveyorError,
     ImproperlyConfiguredError,
     InvalidURLError,
@@ -82,17 +83,17 @@ def test_every_error_is_a_conveyor_error_and_the_builtin_a_caller_catches() -> N
     assert issubclass(UnknownSchemeError, ConveyorError)
 
 
-def test_settings_precedence_env_then_app() -> None:
+def test_settings_precedence_env_beats_app() -> None:
     s = Settings()
     s.from_environ({"CONVEYOR_BROKER_URL": "redis://env", "CONVEYOR_RESULT_EXPIRES": "5",
                     "CONVEYOR_TASK_ACKS_LATE": "false"})
     assert (s.broker_url, s.result_expires, s.task_acks_late) == ("redis://env", 5.0, False)
-    s.update({"broker": "memory://"})
-    assert s.broker_url == "memory://"
+    s.update({"broker": "memory://", "task_default_queue": "code"})
+    assert (s.broker_url, s.task_default_queue) == ("redis://env", "code")
 
 
 def test_unknown_setting_suggests_the_right_name() -> None:
-    with pytest.raises(ConfigurationError, match="did you mean 'result_expires'"):
+    with pytest.warns(ConfigurationWarning, match="did you mean 'result_expires'"):
         Conveyor("x", result_expire=10)
 
 
