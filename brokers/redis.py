@@ -77,7 +77,7 @@ class RedisBroker(Broker):
     """
 
     capabilities: ClassVar[BrokerCapabilities] = BrokerCapabilities(
-        time_resolution=0.001, fifo=True)
+        time_resolution=0.001, fifo=True, max_message_size=512 << 20)  # proto-max-bulk-len
 
     def __init__(self, url: URL, *, prefix: str = "conveyor:", **options: Any) -> None:
         super().__init__(url)

@@ -40,6 +40,14 @@ class BrokerCapabilities:
     blocking_reserve: bool = True
     #: False for single-process drivers (``memory://``): workers in other processes can't share it.
     shared_between_processes: bool = True
+    #: ``enqueue``/``enqueue_many`` take ``priority=`` (0..9, 9 first); within one queue a
+    #: ready message of a higher priority is reserved before any lower one, and a message
+    #: keeps its priority through ``nack`` and lease expiry. Only brokers declaring it are
+    #: passed the keyword.
+    priorities: bool = False
+    #: Largest message body in bytes the broker takes (``None``: no fixed limit). The core
+    #: refuses a larger one at send time with an error naming the limit.
+    max_message_size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,10 @@ class Settings:
     task_default_retry_delay: float = 180.0
     #: Dead-letter a task that fails without retrying, too (exhausted retries always are).
     task_dead_letter_failures: bool = False
+    #: Run delay/apply_async and whole workflows in the calling process (users' tests).
+    task_always_eager: bool = False
+    #: In eager runs, raise a task's exception at once instead of returning it in the result.
+    task_eager_propagates: bool = False
     #: Deliveries after which a message that never finished goes to the dead-letter queue
     #: with its attempt history instead of being delivered again (0: no limit).
     broker_max_deliveries: int = 20

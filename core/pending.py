@@ -19,7 +19,8 @@ import weakref
 from collections.abc import Callable
 
 from conveyor.backend import ResultBackend, StoredRecord
-from conveyor.exceptions import ConveyorError
+from conveyor.batching import store_each
+from conveyor.exceptions import ConveyorError, ValueRefusedError
 
 log = logging.getLogger("conveyor.pending")
 
@@ -103,14 +104,21 @@ class PendingWriter:
         pause = 0.05
         for _ in range(8):
             try:
-                self._backend().store_many(batch, ttl=self._ttl())
-                return
+                # A record the backend refuses (an id it cannot key) costs only its own
+                # PENDING: the rest of the batch is written.
+                outcomes = store_each(lambda part: self._backend().store_many(
+                    part, ttl=self._ttl()), batch)
             except ConveyorError as exc:
                 if not exc.retryable:
                     log.error("could not write %d PENDING records: %s", len(batch), exc)
                     return
                 time.sleep(pause)
                 pause *= 2
+                continue
+            for record, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, ValueRefusedError):
+                    log.error("PENDING record of %.80r refused: %s", record.task_id, outcome)
+            return
         log.error("backend unavailable: %d PENDING records not written (the tasks still run "
                   "and record their progress)", len(batch))
 

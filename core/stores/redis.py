@@ -11,7 +11,12 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from conveyor.exceptions import AuthenticationError, ConnectionLostError, DriverError
+from conveyor.exceptions import (
+    AuthenticationError,
+    ConnectionLostError,
+    DriverError,
+    ValueRefusedError,
+)
 from conveyor.registry import require
 from conveyor.url import URL
 
@@ -26,6 +31,10 @@ DEFAULT_RETRIES = 1
 DEFAULT_CONNECT_TIMEOUT = 5.0
 #: Redis reads a blocking timeout that rounds below 1 ms as 0, which means "block forever".
 MIN_BLOCK = 0.002
+#: Replies that refuse the value, not the connection: out of memory under ``maxmemory``,
+#: a bulk string over ``proto-max-bulk-len``, a value of the wrong type for the command.
+_REFUSALS = ("OOM ", "Protocol error: invalid bulk length", "string exceeds maximum",
+             "WRONGTYPE")
 
 
 def make_client(url: URL, *, retries: int = DEFAULT_RETRIES, **options: Any) -> redis.Redis:
@@ -84,7 +93,8 @@ class RedisErrors:
     """The one place redis-py exceptions become conveyor's, always ``from`` the original.
 
     Connection and timeout errors (and a replica turned read-only by a failover) become
-    :class:`ConnectionLostError`; refused credentials, missing ACL permissions and a database
+    :class:`ConnectionLostError`; an out-of-memory or too-large refusal becomes
+    :class:`ValueRefusedError`; refused credentials, missing ACL permissions and a database
     index the server does not have become :class:`AuthenticationError`; anything else from
     redis-py becomes :class:`DriverError`. Messages name the server with its password masked.
     Stateless, so one instance can guard every call of a driver.
@@ -113,4 +123,7 @@ class RedisErrors:
             raise AuthenticationError(text) from exc
         if isinstance(exc, (rx.ConnectionError, rx.TimeoutError, rx.ReadOnlyError, OSError)):
             raise ConnectionLostError(text) from exc
+        if isinstance(exc, rx.DataError) or (isinstance(exc, rx.ResponseError) and str(
+                exc).startswith(_REFUSALS)):
+            raise ValueRefusedError(text) from exc
         raise DriverError(text) from exc

@@ -16,10 +16,18 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from conveyor import signals
 from conveyor.broker import Reservation
-from conveyor.exceptions import AuthenticationError, ConfigurationError, ConveyorError
+from conveyor.control.agent import WorkerAgent
+from conveyor.exceptions import (
+    AuthenticationError,
+    ConfigurationError,
+    ConveyorError,
+    MissingDependencyError,
+)
 from conveyor.worker.completer import Completer, Completion
-from conveyor.worker.runner import TaskRunner
+from conveyor.worker.limits import TimeLimits
+from conveyor.worker.runner import Job, TaskRunner
 from conveyor.worker.started import StartedWriter
 
 if TYPE_CHECKING:
@@ -27,13 +35,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conveyor.worker")
 
+#: Exit code of a worker process that must be re-executed (a thread is stuck past a hard
+#: time limit); ``conveyor worker`` re-executes itself on it.
+RECYCLE = 75
+
 #: Tasks shorter than this on average (seconds) are worth prefetching.
 SHORT_TASK = 0.1
 
 
 def _is_fatal(exc: ConveyorError) -> bool:
-    """Errors no amount of waiting fixes: refused credentials, missing database, bad config."""
-    return isinstance(exc, AuthenticationError | ConfigurationError)
+    """Errors no amount of waiting fixes: refused credentials, missing database, bad config,
+    a driver's client library not installed."""
+    return isinstance(exc, AuthenticationError | ConfigurationError | MissingDependencyError)
 
 
 def default_hostname() -> str:
@@ -51,8 +64,8 @@ class Consumer:
         self.app = app
         self.queues = queues or [conf.task_default_queue]
         self.concurrency = max(1, concurrency or conf.worker_concurrency)
-        self.prefetch_limit = self.concurrency * max(1, prefetch_multiplier
-                                                     or conf.worker_prefetch_multiplier)
+        self._multiplier = max(1, prefetch_multiplier or conf.worker_prefetch_multiplier)
+        self.prefetch_limit = self.concurrency * self._multiplier
         #: Moving average of task run times; prefetch only while tasks are short.
         self._avg_run: float | None = None
         self.hostname = hostname or default_hostname()
@@ -67,7 +80,8 @@ class Consumer:
         #: Messages handed to the completer and not yet acked (held, but not running).
         self._completing = 0
         self.completer = Completer(app, release=self._release, reliably=self.runner._reliably,
-                                   capacity=self.concurrency * 4)
+                                   capacity=self.concurrency * 4,
+                                   refused=self.runner.poison.refused)
         self.runner.defer = self._defer
         self.runner.completer_busy = lambda: self.completer.busy
         self.started = StartedWriter(
@@ -75,6 +89,14 @@ class Consumer:
                 lambda: app.backend.store_many(records, ttl=app.conf.result_expires)))
         self.runner.started = self.started
         self.processed = 0
+        #: 0, or RECYCLE once a hard time limit asked this process to re-execute itself.
+        self.exit_code = 0
+        self.limits = TimeLimits(on_hard=self._hard_limit,
+                                 default_soft=conf.task_soft_time_limit,
+                                 default_hard=conf.task_time_limit)
+        self.runner.limits = self.limits
+        self.agent = WorkerAgent(self)
+        self.runner.revoked = self.agent.revoked
 
     # -- lifecycle ------------------------------------------------------------------------
     def run(self) -> int:
@@ -91,11 +113,41 @@ class Consumer:
         self._spawn(self._heartbeat_loop, "conveyor-heartbeat")
         if not self.app.backend.capabilities.native_expiry:
             self._spawn(self._cleanup_loop, "conveyor-cleanup")
+        signals.worker_process_init.send(sender=None)
+        self.agent.start()
+        signals.worker_ready.send(sender=self)
         try:
             self._fetch_loop()
         finally:
             self._shutdown()
-        return 0
+            self.agent.stop()
+            signals.worker_shutdown.send(sender=self)
+        return self.exit_code
+
+    def _hard_limit(self, job: Job, limit: float) -> None:
+        """A task passed its hard time limit: record it, forget it, recycle the process."""
+        self.runner.time_limit_exceeded(job, limit)
+        self._release(job.res, completing=False)
+        log.warning("recycling this worker process: a thread is stuck in %s[%s]",
+                    job.msg.task, job.msg.id)
+        self.exit_code = RECYCLE
+        self.stop()
+
+    def resize(self, delta: int) -> int:
+        """Add (``delta`` > 0) or remove executor threads, never below one; returns the new
+        size. Removed threads finish their current task first."""
+        with self._held_lock:
+            if delta > 0:
+                for _ in range(delta):
+                    self._spawn(self._execute_loop, f"conveyor-exec-{len(self._threads)}")
+            else:
+                delta = -min(-delta, self.concurrency - 1)
+                for _ in range(-delta):
+                    self._work.put(None)
+            self.concurrency += delta
+            self.prefetch_limit = self.concurrency * self._multiplier
+            self._held_lock.notify_all()
+            return self.concurrency
 
     def _preflight(self) -> None:
         """Fail at once on what waiting cannot fix (credentials, a missing database, a bad
@@ -216,19 +268,27 @@ class Consumer:
     def _heartbeat_loop(self) -> None:
         interval = self.app.conf.heartbeat_interval
         broker = self.app.broker
+        # A message acked just after the snapshot below fails to extend too: warn only when
+        # it is still held at the next beat and still cannot be extended.
+        suspect: set[str] = set()
         while not self._abort.wait(interval):
             with self._held_lock:
                 held = list(self._held.values())
             failed: list[str] = []
             error: ConveyorError | None = None
+            lost: set[str] = set()
             for res in held:
                 try:
                     if not broker.extend(res, lease=self.lease):
-                        log.warning("lease of %s lost; another worker may run it too",
-                                    res.message_id)
+                        lost.add(res.message_id)
+                        if res.message_id in suspect:
+                            log.warning("lease of %s lost; another worker may run it too",
+                                        res.message_id)
                 except ConveyorError as exc:
                     failed.append(res.message_id)
                     error = exc
+            with self._held_lock:
+                suspect = {i for i in lost if i in self._held}
             if failed:
                 log.warning("could not extend %d leases (broker unavailable?): %s",
                             len(failed), error)

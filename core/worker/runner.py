@@ -9,6 +9,7 @@ first-terminal-write-wins rule then keeps the first outcome.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -17,24 +18,33 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from conveyor.app import Outgoing
 from conveyor.broker import Reservation
-from conveyor.canvas import Signature
+from conveyor.canvas import followups as canvas
 from conveyor.exceptions import (
     ConveyorError,
     MessageDecodeError,
     Reject,
+    Replace,
     Retry,
     SerializationError,
+    Terminated,
+    TimeLimitExceeded,
+    ValueRefusedError,
     describe,
 )
 from conveyor.message import Message
+from conveyor.ratelimit import RateLimiter
 from conveyor.record import Attempt, TaskRecord
 from conveyor.states import FAILURE, RETRY, REVOKED, STARTED, SUCCESS
 from conveyor.task import Request, Task
+from conveyor.worker import hooks
 from conveyor.worker.completer import Completion
-from conveyor.worker.started import StartedWriter
+from conveyor.worker.limits import TimeLimits
+from conveyor.worker.poison import PoisonGuard
+from conveyor.worker.started import AlreadyFinished, StartedWriter
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
+    from conveyor.control.revoke import RevokedCache
 
 log = logging.getLogger("conveyor.worker")
 T = TypeVar("T")
@@ -71,14 +81,37 @@ class TaskRunner:
         self.completer_busy: Callable[[], bool] = lambda: False
         #: Writes first deliveries' STARTED behind the task (None: written before it runs).
         self.started: StartedWriter | None = None
+        #: Enforces time limits on running tasks (None: not enforced, e.g. in unit tests).
+        self.limits: TimeLimits | None = None
+        self.rate_limiter = RateLimiter(app)
+        #: Ids revoked cluster-wide, refreshed by the worker's agent (None: not checked).
+        self.revoked: RevokedCache | None = None
+        #: Tasks running now: task id -> (task name, started at, thread id), for the registry
+        #: and ``revoke(terminate=True)``.
+        self.active: dict[str, tuple[str, float, int]] = {}
+        #: Tasks that ended in FAILURE here.
+        self.failed = 0
+        #: Retries scheduled here (for the worker's exit summary).
+        self.retried = 0
+        self.poison = PoisonGuard(self)
 
     # -- entry point ----------------------------------------------------------------------
     def handle(self, res: Reservation) -> bool:
         """Run ``res`` to completion: decode, check, run, record, follow up, ack.
 
         Returns True when the last steps were handed to :attr:`defer` (the completer), which
-        then owns the reservation.
+        then owns the reservation. A message delivered more than ``broker_max_deliveries``
+        times, or whose outcome the backend refuses, is dead-lettered instead of looping.
         """
+        if self.poison.over_delivered(res):
+            return False
+        try:
+            return self._handle(res)
+        except ValueRefusedError as exc:
+            self.poison.refused(res, exc)
+            return False
+
+    def _handle(self, res: Reservation) -> bool:
         app = self.app
         try:
             msg = Message.decode(res.body, app.signer)
@@ -111,7 +144,33 @@ class TaskRunner:
             self._finish_rejected(res, msg, f"bad arguments for {msg.task}: {exc}",
                                   f"{type(exc).__module__}.{type(exc).__qualname__}")
             return False
-        return self._run(res, msg, task, args, kwargs)
+        if self.revoked is not None and msg.id in self.revoked:
+            return self._skip_revoked(res, msg, task, args, kwargs)
+        if task.rate is not None and self._rate_limited(res, msg, task):
+            return False
+        return self._run(res, msg, task, canvas.call_arguments(msg, args), kwargs)
+
+    def _skip_revoked(self, res: Reservation, msg: Message, task: Task[Any, Any],
+                      args: list[Any], kwargs: dict[str, Any]) -> bool:
+        """A revoked task (its REVOKED record is stored already): ack without running."""
+        log.info("task %s[%s] was revoked; not running it", msg.task, msg.id)
+        self._canvas_failure(msg, ("conveyor.exceptions.TaskRevokedError",
+                                   f"parent task {msg.task}[{msg.id}] was revoked"), None)
+        self._ack(res)
+        hooks.revoked(task, Request(id=msg.id, task=msg.task, args=args, kwargs=kwargs,
+                                    queue=res.queue, hostname=self.hostname))
+        return False
+
+    def _rate_limited(self, res: Reservation, msg: Message, task: Task[Any, Any]) -> bool:
+        """Over the task's cluster-wide rate: send the message again, due when its turn
+        comes, and ack this copy (a fresh message: no attempt is counted)."""
+        wait = self._reliably(lambda: self.rate_limiter.delay_for(task, msg.id))
+        if wait <= 0:
+            return False
+        log.debug("task %s[%s] rate-limited: again in %.2fs", msg.task, msg.id, wait)
+        self._reliably(lambda: self.app.enqueue([Outgoing(msg, res.queue, wait)]))
+        self._ack(res)
+        return True
 
     # -- running --------------------------------------------------------------------------
     def _run(self, res: Reservation, msg: Message, task: Task[Any, Any], args: list[Any],
@@ -124,26 +183,39 @@ class TaskRunner:
             history.append(Attempt(len(history) + 1, None, None, outcome="lost").to_dict())
         job = Job(res, msg, task, history, Attempt(len(history) + 1, self.hostname, time.time()))
         if not self._start(job):
-            # A terminal record exists: an earlier delivery finished but was not acked.
-            log.info("task %s[%s] already finished; acking the duplicate", msg.task, msg.id)
-            self._ack(res)
-            return False
-        if not app.conf.task_acks_late:
+            return self._already_finished(job)
+        if not (task.acks_late if task.acks_late is not None else app.conf.task_acks_late):
             self._ack(res)
         request = Request(id=msg.id, task=msg.task, args=args, kwargs=kwargs,
                           retries=msg.retries, max_retries=msg.max_retries, queue=res.queue,
                           hostname=self.hostname, delivery_attempt=res.attempts,
-                          eta=msg.eta, expires=msg.expires)
+                          eta=msg.eta, expires=msg.expires, **canvas.request_fields(msg))
         task._push_request(request)
+        self.active[msg.id] = (msg.task, job.attempt.started_at or 0.0, threading.get_ident())
+        hooks.prerun(task, request)
+        watch = self.limits.watch(job, task) if self.limits is not None else None
         try:
             try:
                 value = task.fn(task, *args, **kwargs) if task.bind else task.fn(*args, **kwargs)
             finally:
-                if self.started is not None:
-                    # Before any outcome is stored: its STARTED must not land after it.
-                    self.started.settle(msg.id)
+                if watch is not None:
+                    watch.done()
+                if self.started is not None and self.started.settle(msg.id):
+                    # Before any outcome is stored (its STARTED must not land after it):
+                    # the STARTED write found a terminal record, so this was a duplicate.
+                    raise AlreadyFinished(msg.id)
+            if watch is not None and watch.expired:
+                return False  # the hard time limit recorded the failure; this came too late
+        except AlreadyFinished:
+            return self._already_finished(job)
         except Retry as signal:
+            if watch is not None and watch.expired:
+                return False
             self._retry(job, signal, signal.exc)
+            hooks.finished(task, request, RETRY, None, exc=signal.exc)
+            return False
+        except Replace as signal:
+            self._replace(job, signal.sig)
             return False
         except Reject as exc:
             attempt = self._close(job.attempt, "rejected", exc)
@@ -151,20 +223,47 @@ class TaskRunner:
                                   describe(exc)["type"], history=[*history, attempt.to_dict()])
             return False
         except Exception as exc:
+            if watch is not None and watch.expired:
+                return False
+            if isinstance(exc, Terminated):
+                # revoke(terminate=True): the REVOKED record is stored already.
+                self._canvas_failure(msg, ("conveyor.exceptions.TaskRevokedError",
+                                   f"parent task {msg.task}[{msg.id}] was revoked"), None)
+                self._ack(res)
+                hooks.revoked(task, request, terminated=True)
+                return False
             tb = traceback.format_exc()
             if task.should_autoretry(exc) and not request.retries_exhausted:
                 try:
-                    task.retry(exc=exc, countdown=task.backoff_delay(msg.retries))
+                    task.retry(**{"exc": exc, "countdown": task.backoff_delay(msg.retries),
+                                  **task.retry_kwargs})
                 except Retry as signal:
                     self._retry(job, signal, exc)
+                    hooks.finished(task, request, RETRY, None, exc=exc, tb=tb)
                     return False
                 except BaseException:  # retries used up: fall through to FAILURE
                     pass
             self._fail(job, exc, tb, exhausted=request.retries_exhausted)
+            self.failed += 1
+            hooks.finished(task, request, FAILURE, None, exc=exc, tb=tb)
             return False
         finally:
             task._push_request(None)
-        return self._succeed(job, value)
+            self.active.pop(msg.id, None)
+        deferred = self._succeed(job, value)
+        hooks.finished(task, request, SUCCESS, value)
+        return deferred
+
+    def time_limit_exceeded(self, job: Job, limit: float) -> None:
+        """Record ``job`` as FAILURE with TimeLimitExceeded (called by the time-limit
+        monitor while the task's thread is still stuck in it)."""
+        if self.started is not None:
+            self.started.settle(job.msg.id)
+        exc = TimeLimitExceeded(f"{job.msg.task}[{job.msg.id}] ran past its time_limit of "
+                                f"{limit:g}s and was ended")
+        self._fail(job, exc, None, exhausted=False)
+        self.failed += 1
+        self.active.pop(job.msg.id, None)
 
     def _start(self, job: Job) -> bool:
         """Record STARTED as configured; False when the task already has an outcome.
@@ -181,10 +280,44 @@ class TaskRunner:
             found = self._reliably(lambda: self.app.backend.get(msg.id))
             return found is None or not found.ready
         started = self._record(msg, res, STARTED, attempts=[*job.history, job.attempt.to_dict()])
-        if res.attempts <= 1 and self.started is not None:
+        if res.attempts <= 1 and self.started is not None and not msg.history:
+            # The write-behind STARTED still checks: settle() reports a terminal record.
             self.started.add(started.to_stored())
             return True
         return self._store(started)
+
+    def _already_finished(self, job: Job) -> bool:
+        """A delivery of a task id that already holds a terminal record (a redelivery, a
+        duplicate send, a replay): ack it without storing anything. Returns False."""
+        log.info("task %s[%s] already finished; acking the duplicate", job.msg.task, job.msg.id)
+        self._reissue_followups(job.msg)
+        self._ack(job.res)
+        return False
+
+    def _reissue_followups(self, msg: Message) -> None:
+        """Send a finished workflow task's follow-ups again (same ids: run once), in case
+        the delivery that finished it died before sending them."""
+        if canvas.is_plain(msg):
+            return
+        found = self._reliably(lambda: self.app.backend.get(msg.id))
+        followups = canvas.reissue(self.app, msg, found, self._reliably)
+        if followups:
+            self._reliably(lambda: self.app.enqueue(followups))
+
+    def _replace(self, job: Job, sig: Any) -> None:
+        """``self.replace(sig)``: send ``sig`` under this task's id with its follow-ups."""
+        followups = canvas.replaced(self.app, job.msg, sig, self._reliably)
+        self._reliably(lambda: self.app.enqueue(followups))
+        self._ack(job.res)
+
+    def _canvas_failure(self, msg: Message, error: tuple[str, str], tb: str | None,
+                        args: Any = None, kwargs: Any = None) -> None:
+        """A failed workflow task's follow-ups: the rest of its chain fails with its own
+        error, errbacks are sent, its chord is joined."""
+        followups = canvas.after_failure(self.app, msg, error, tb, self._reliably,
+                                         args=args, kwargs=kwargs)
+        if followups:
+            self._reliably(lambda: self.app.enqueue(followups))
 
     def _succeed(self, job: Job, value: Any) -> bool:
         msg, res, task = job.msg, job.res, job.task
@@ -197,18 +330,17 @@ class TaskRunner:
         record = self._record(msg, res, SUCCESS, attempts=[*job.history, attempt.to_dict()])
         record.result, record.result_type = (None, "json") if task.ignore_result else (
             packed, result_type)
-        followups = []
-        if msg.callbacks:
-            nxt = Signature.from_dict(msg.callbacks[0], app=self.app).clone((value,))
-            # The PENDING record was written when the chain was sent; only enqueue it.
-            followups.append(self.app.build_message(
-                nxt.task, nxt.args, nxt.kwargs, **nxt.options, callbacks=msg.callbacks[1:],
-                chain_ids=msg.chain_ids[1:], parent=msg.id))
-        if self.defer is not None and self.completer_busy():
+        # A chord's completer reads every member's outcome: store it before joining.
+        joins = canvas.joins_chord(msg)
+        if joins and not self._store(record):
+            return self._already_finished(job)
+        followups = canvas.after_success(self.app, msg, value, self._reliably)
+        if not joins and self.defer is not None and self.completer_busy():
             # Under load: the completer stores it with others in one round trip.
             self.defer(Completion(res, followups, record.to_stored()))
             return True
-        self._store(record)
+        if not joins and not self._store(record):
+            return self._already_finished(job)
         if self.defer is not None:
             # Nobody waits for follow-ups and acks: the completer batches them.
             self.defer(Completion(res, followups))
@@ -219,6 +351,7 @@ class TaskRunner:
         return False
 
     def _retry(self, job: Job, signal: Retry, exc: BaseException | None) -> None:
+        self.retried += 1
         msg, res = job.msg, job.res
         delay = max(0.0, signal.when if signal.when is not None else job.task.default_retry_delay)
         attempt = self._close(job.attempt, "retry", exc)
@@ -231,7 +364,9 @@ class TaskRunner:
         log.info("task %s[%s] retry %d in %.1fs: %s", msg.task, msg.id, nxt.retries, delay,
                  exc and describe(exc)["message"])
         # RETRY is stored before the next attempt exists, so it never overwrites its STARTED.
-        self._store(record)
+        if not self._store(record):
+            self._already_finished(job)
+            return
         self._reliably(lambda: self.app.enqueue([Outgoing(nxt, res.queue, delay)]))
         self._ack(res)
 
@@ -254,7 +389,7 @@ class TaskRunner:
         if record.dead_letter_reason:
             self._dead_letter(res, record.dead_letter_reason)
         self._store(record)
-        self._break_chain(msg, f"parent task {msg.task}[{msg.id}] failed: {exc}")
+        self._canvas_failure(msg, self._error(exc), tb)
         if not record.dead_letter_reason:
             self._ack(res)
 
@@ -266,14 +401,7 @@ class TaskRunner:
         record.dead_letter_reason = reason
         self._dead_letter(res, reason)
         self._store(record)
-        self._break_chain(msg, f"parent task {msg.task}[{msg.id}] was dead-lettered: {reason}")
-
-    def _break_chain(self, msg: Message, why: str) -> None:
-        for task_id, callback in zip(msg.chain_ids, msg.callbacks, strict=False):
-            self._store(TaskRecord(task_id, FAILURE, task=callback.get("task"), parent=msg.id,
-                                   error_type="conveyor.exceptions.TaskError",
-                                   error_message=why, date_done=time.time(),
-                                   updated_at=time.time()))
+        self._canvas_failure(msg, (error_type, reason), None)
 
     # -- helpers --------------------------------------------------------------------------
     @staticmethod

@@ -8,7 +8,11 @@ queued is dropped (the outcome carries the whole attempt history), one being wri
 for, so a STARTED never lands after the RETRY or the outcome that follows it.
 
 Redeliveries do not come here: the runner writes their STARTED synchronously, because that
-write is also the check that an earlier delivery has not already finished the task.
+write is also the check that an earlier delivery has not already finished the task. A first
+delivery's STARTED makes the same check behind the task: a STARTED the backend does not write
+means a terminal record exists, and ``settle`` reports it, so the runner acks that duplicate
+instead of storing an outcome, retrying or dead-lettering. (Its body has run by then: only a
+synchronous write could stop that, at a round trip per task; see docs/guarantees.md.)
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from conveyor.backend import StoredRecord
+from conveyor.batching import store_each
 
 log = logging.getLogger("conveyor.worker")
 
@@ -29,6 +34,10 @@ LINGER = 0.02
 BATCH = 500
 
 
+class AlreadyFinished(Exception):  # noqa: N818 - a signal inside the runner, not an error
+    """Raised in the runner when a task's STARTED found a terminal record (a duplicate)."""
+
+
 class StartedWriter:
     """One thread that writes queued STARTED records in batches.
 
@@ -36,13 +45,15 @@ class StartedWriter:
     after the caller's next write. Thread-safe.
     """
 
-    def __init__(self, store_many: Callable[[list[StoredRecord]], object], *,
+    def __init__(self, store_many: Callable[[list[StoredRecord]], Sequence[bool]], *,
                  linger: float = LINGER) -> None:
         self._store_many = store_many
         self._linger = linger
         self._cond = threading.Condition()
         self._queued: dict[str, StoredRecord] = {}
         self._writing: set[str] = set()
+        #: Ids whose STARTED the backend did not write: they already hold a terminal record.
+        self._finished: set[str] = set()
         self._closed = False
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="conveyor-started", daemon=True)
@@ -59,13 +70,19 @@ class StartedWriter:
             if wake:
                 self._cond.notify_all()
 
-    def settle(self, task_id: str) -> None:
-        """Drop the queued STARTED of ``task_id``, or wait while it is being written."""
+    def settle(self, task_id: str) -> bool:
+        """Drop the queued STARTED of ``task_id``, or wait while it is being written.
+
+        True when its STARTED was written and found a terminal record already there."""
         with self._cond:
             if self._queued.pop(task_id, None) is not None:
                 self.dropped += 1
             while task_id in self._writing:
                 self._cond.wait()
+            if task_id in self._finished:
+                self._finished.discard(task_id)
+                return True
+            return False
 
     def stop(self, *, timeout: float) -> None:
         """Write what is queued, then stop the thread."""
@@ -88,13 +105,19 @@ class StartedWriter:
                 ids = list(self._queued)[:BATCH]
                 batch = [self._queued.pop(i) for i in ids]
                 self._writing.update(ids)
+            finished: list[str] = []
             try:
-                if batch:
-                    self._store_many(batch)
+                # A record the backend refuses (an id too long for it) costs only its own
+                # STARTED; the runner meets the refusal again when it stores the outcome.
+                for record, written in zip(batch, store_each(self._store_many, batch),
+                                           strict=True):
+                    if written is False:
+                        finished.append(record.task_id)
             except Exception as exc:
                 # Only information is lost: the outcome is still recorded by the runner.
                 log.warning("could not record STARTED for %d tasks: %s", len(batch), exc)
             finally:
                 with self._cond:
+                    self._finished.update(finished)
                     self._writing.difference_update(ids)
                     self._cond.notify_all()
