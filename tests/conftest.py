@@ -10,7 +10,8 @@ import pytest
 
 from tests.servers import in_ci
 
-pytest_plugins = ["tests.servers.redis", "tests.servers.postgres", "tests.servers.mysql"]
+pytest_plugins = ["tests.servers.redis", "tests.servers.postgres", "tests.servers.mysql",
+                  "tests.servers.mongo", "tests.servers.moto"]
 
 
 def _drop_conveyor_settings_from_the_environment() -> None:

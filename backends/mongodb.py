@@ -1,0 +1,219 @@
+"""``mongodb://`` and ``mongodb+srv://``: a MongoDB result backend with a TTL index.
+
+Collections (prefix ``conveyor_`` by default; see :mod:`conveyor.stores.mongodb`)::
+
+    <p>results  _id (task id), state, data, updated_at, expires_at (a date, or null: never)
+    <p>sets     _id (join key), members, expires_at        (coordination: join)
+    <p>entries  _id (entry key), value, expires_at         (coordination: the entry area)
+
+Each has a TTL index on ``expires_at``, so the server deletes expired documents itself; its
+TTL monitor runs only once a minute, so every read also hides documents past their expiry.
+
+The first terminal write wins inside the server: a store is an upsert whose filter matches
+only a writable document (not terminal, or expired; for PENDING only an expired one). When a
+document exists but does not match, the upsert's insert fails on the unique ``_id``: that
+duplicate-key error means "not written". Two writers creating the same id at once also end
+in one duplicate-key error, so the loser tries once more against the winner's document.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any, ClassVar, TypeVar
+
+from conveyor.backend import BackendCapabilities, ResultBackend, StoredRecord
+from conveyor.exceptions import DriverError
+from conveyor.states import READY_STATES
+from conveyor.stores.mongodb import MongoStore, to_date
+from conveyor.url import URL
+
+T = TypeVar("T")
+_EXPIRY = [([("expires_at", 1)], {"expireAfterSeconds": 0})]
+_TERMINAL = sorted(READY_STATES)
+_CHUNK = 500  # ids per $in list, records per bulk write
+_DUPLICATE_KEY = 11000
+
+
+def _live(now: datetime) -> dict[str, Any]:
+    return {"$or": [{"expires_at": None}, {"expires_at": {"$gt": now}}]}
+
+
+def _writable(now: datetime, state: str) -> dict[str, Any]:
+    """The filter of a stored document that a write of ``state`` may replace: any expired
+    one; a live one unless it is terminal, or the write is PENDING."""
+    expired = {"expires_at": {"$lte": now}}
+    if state == "PENDING":
+        return expired
+    return {"$or": [{"state": {"$nin": _TERMINAL}}, expired]}
+
+
+def _retry_duplicate(write: Callable[[], T], tries: int = 3) -> T | None:
+    """Run ``write``; on a duplicate-key error (an upsert racing another's insert) run it
+    again, now against the winner's document. None when every try hit one."""
+    from pymongo.errors import DuplicateKeyError
+
+    for _ in range(tries):
+        try:
+            return write()
+        except DuplicateKeyError:
+            continue
+    return None
+
+
+class MongoResultBackend(ResultBackend):
+    """Results in MongoDB, one document per task. Thread-safe; each call is one round trip
+    (two when a write races another's first write of the same id).
+
+    Options: ``prefix`` (collection name prefix, default ``conveyor_``; also accepted in the
+    URL's query); anything else goes to ``pymongo.MongoClient``.
+    """
+
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(
+        native_expiry=True, coordination=True)
+
+    def __init__(self, url: URL, *, prefix: str | None = None, **options: Any) -> None:
+        super().__init__(url)
+        self._db = MongoStore(url, prefix=prefix, **options)
+        self._errors = self._db.errors
+
+    def _coll(self, name: str) -> Any:
+        return self._db.collection(name, _EXPIRY)
+
+    def _now(self) -> datetime:
+        return to_date(self._db.now())
+
+    def _expiry(self, ttl: float | None) -> datetime | None:
+        return None if ttl is None else to_date(self._db.now() + float(ttl))
+
+    def store(self, record: StoredRecord, *, ttl: float | None) -> bool:
+        """Write ``record`` unless a live terminal record exists (or, for PENDING, any live
+        record); atomic on the server, returns whether it was written."""
+        with self._errors:
+            results = self._coll("results")
+            now = self._now()
+            query = {"_id": record.task_id, **_writable(now, record.state)}
+            change = {"$set": {"state": str(record.state), "data": bytes(record.data),
+                               "updated_at": now, "expires_at": self._expiry(ttl)}}
+            # PENDING that hits an existing document has lost for good: no second try.
+            tries = 1 if record.state == "PENDING" else 2
+            done = _retry_duplicate(lambda: results.update_one(query, change, upsert=True),
+                                    tries)
+        return done is not None
+
+    def store_many(self, records: Iterable[StoredRecord], *, ttl: float | None) -> list[bool]:
+        """Store records with :meth:`store`'s rules, in one unordered bulk write per 500;
+        records that hit a duplicate key are decided again one by one."""
+        from pymongo import UpdateOne
+        from pymongo.errors import BulkWriteError
+
+        batch = list(records)
+        if len({r.task_id for r in batch}) < len(batch):
+            return [self.store(r, ttl=ttl) for r in batch]  # one upsert may not race itself
+        written: list[bool] = []
+        for start in range(0, len(batch), _CHUNK):
+            part = batch[start:start + _CHUNK]
+            with self._errors:
+                now, expires = self._now(), self._expiry(ttl)
+                ops = [UpdateOne({"_id": r.task_id, **_writable(now, r.state)},
+                                 {"$set": {"state": str(r.state), "data": bytes(r.data),
+                                           "updated_at": now, "expires_at": expires}},
+                                 upsert=True) for r in part]
+                try:
+                    self._coll("results").bulk_write(ops, ordered=False)
+                    failed: set[int] = set()
+                except BulkWriteError as exc:
+                    errors = exc.details.get("writeErrors", [])
+                    if any(e.get("code") != _DUPLICATE_KEY for e in errors):
+                        raise
+                    failed = {int(e["index"]) for e in errors}
+            # An upsert either matched (written), inserted (written) or hit a duplicate key.
+            written += [i not in failed or (r.state != "PENDING" and self.store(r, ttl=ttl))
+                        for i, r in enumerate(part)]
+        return written
+
+    def get(self, task_id: str) -> StoredRecord | None:
+        """The live record of ``task_id``, or None (missing or expired)."""
+        return self.get_many([task_id]).get(task_id)
+
+    def get_many(self, task_ids: Iterable[str]) -> dict[str, StoredRecord]:
+        """Live records of ``task_ids`` in one query per 500 ids."""
+        ids = list(dict.fromkeys(task_ids))
+        found: dict[str, StoredRecord] = {}
+        with self._errors:
+            results, live = self._coll("results"), _live(self._now())
+            for start in range(0, len(ids), _CHUNK):
+                for doc in results.find({"_id": {"$in": ids[start:start + _CHUNK]}, **live},
+                                        {"state": 1, "data": 1}):
+                    found[doc["_id"]] = StoredRecord(doc["_id"], doc["state"], bytes(doc["data"]))
+        return found
+
+    def forget(self, task_id: str) -> None:
+        """Delete the record. Idempotent."""
+        with self._errors:
+            self._coll("results").delete_one({"_id": task_id})
+
+    # -- coordination ---------------------------------------------------------------------
+    def join(self, key: str, member: str, *, ttl: float | None) -> int:
+        """One ``find_one_and_update`` with upsert: a pipeline that starts the member list
+        afresh when the set has expired, else unions the member in, and sets the expiry."""
+        from pymongo import ReturnDocument
+
+        with self._errors:
+            sets, now = self._coll("sets"), self._now()
+            expired = {"$and": [{"$eq": [{"$type": "$expires_at"}, "date"]},
+                                {"$lte": ["$expires_at", now]}]}
+            mine = {"$literal": [member]}  # $literal: a member starting with "$" is no path
+            update = [{"$set": {
+                "members": {"$cond": [expired, mine,
+                                      {"$setUnion": [{"$ifNull": ["$members", []]}, mine]}]},
+                "expires_at": {"$literal": self._expiry(ttl)}}}]
+            doc = _retry_duplicate(lambda: sets.find_one_and_update(
+                {"_id": key}, update, upsert=True, return_document=ReturnDocument.AFTER))
+        if doc is None:
+            raise DriverError(f"join of {key!r} kept racing concurrent first joins; try again")
+        return len(doc["members"])
+
+    def put_entry(self, key: str, value: bytes, *, ttl: float | None) -> None:
+        """Replace (or create) the entry in one upsert."""
+        with self._errors:
+            entries = self._coll("entries")
+            doc = {"value": bytes(value), "expires_at": self._expiry(ttl)}
+            _retry_duplicate(lambda: entries.replace_one({"_id": key}, doc, upsert=True))
+
+    def entries(self, prefix: str) -> dict[str, bytes]:
+        """Live entries whose key starts with ``prefix``, matched literally (escaped regex
+        anchored at the start, which the ``_id`` index serves as a range)."""
+        with self._errors:
+            entries = self._coll("entries")
+            found = entries.find({"_id": {"$regex": "^" + re.escape(prefix)},
+                                  **_live(self._now())}, {"value": 1})
+            return {doc["_id"]: bytes(doc["value"]) for doc in found}
+
+    def delete_entry(self, key: str) -> None:
+        """Delete the entry. Idempotent."""
+        with self._errors:
+            self._coll("entries").delete_one({"_id": key})
+
+    # -- administration -------------------------------------------------------------------
+    def purge_expired(self) -> int:
+        """Delete expired records now, without waiting for the TTL monitor; return how many
+        (expired sets and entries go too, uncounted)."""
+        with self._errors:
+            expired = {"expires_at": {"$lte": self._now()}}
+            for name in ("sets", "entries"):
+                self._coll(name).delete_many(expired)
+            return int(self._coll("results").delete_many(expired).deleted_count)
+
+    def info(self) -> dict[str, str]:
+        """Server, database and prefix, for ``conveyor check``."""
+        return self._db.server_info()
+
+    def ping(self) -> None:
+        """One round trip; raises ConnectionLostError/AuthenticationError."""
+        self._db.ping()
+
+    def close(self) -> None:
+        """Close the pool. Idempotent."""
+        self._db.close()
