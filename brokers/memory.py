@@ -26,11 +26,38 @@ class _Message:
     body: bytes
     attempts: int = 0
     token: int = 0  # changes on every delivery; a stale reservation no longer matches
+    priority: int = 0
+
+
+class _Ready:
+    """Ready messages, one FIFO per priority; the highest non-empty one is served first."""
+
+    def __init__(self) -> None:
+        self.levels = [deque[_Message]() for _ in range(10)]
+
+    def append(self, msg: _Message) -> None:
+        self.levels[msg.priority].append(msg)
+
+    def appendleft(self, msg: _Message) -> None:
+        self.levels[msg.priority].appendleft(msg)
+
+    def popleft(self) -> _Message:
+        for level in reversed(self.levels):
+            if level:
+                return level.popleft()
+        raise IndexError("no ready message")
+
+    def clear(self) -> None:
+        for level in self.levels:
+            level.clear()
+
+    def __len__(self) -> int:
+        return sum(len(level) for level in self.levels)
 
 
 @dataclass
 class _Queue:
-    ready: deque[_Message] = field(default_factory=deque)
+    ready: _Ready = field(default_factory=_Ready)
     delayed: list[tuple[float, int, _Message]] = field(default_factory=list)
     reserved: dict[str, tuple[float, _Message]] = field(default_factory=dict)
     dead: dict[str, DeadLetter] = field(default_factory=dict)
@@ -71,7 +98,7 @@ class MemoryBroker(Broker):
     """A thread-safe in-process broker (``memory://`` or ``memory://name``)."""
 
     capabilities: ClassVar[BrokerCapabilities] = BrokerCapabilities(
-        fifo=True, shared_between_processes=False)
+        fifo=True, shared_between_processes=False, priorities=True)
 
     def __init__(self, url: URL, **options: Any) -> None:
         super().__init__(url)
@@ -79,17 +106,18 @@ class MemoryBroker(Broker):
         with _STORES_LOCK:
             self._store = _STORES.setdefault(name, _Store())
 
-    def enqueue(self, queue: str, message: bytes, *, delay: float = 0.0) -> str:
-        return self.enqueue_many(queue, [message], delay=delay)[0]
+    def enqueue(self, queue: str, message: bytes, *, delay: float = 0.0,
+                priority: int = 0) -> str:
+        return self.enqueue_many(queue, [message], delay=delay, priority=priority)[0]
 
     def enqueue_many(self, queue: str, messages: Sequence[bytes], *,
-                     delay: float = 0.0) -> list[str]:
+                     delay: float = 0.0, priority: int = 0) -> list[str]:
         ids = []
         s = self._store
         with s.cond:
             q = s.queue(queue)
             for body in messages:
-                msg = _Message(uuid.uuid4().hex, bytes(body))
+                msg = _Message(uuid.uuid4().hex, bytes(body), priority=priority)
                 ids.append(msg.message_id)
                 if delay > 0:
                     heapq.heappush(q.delayed, (time.time() + delay, next(s.seq), msg))

@@ -93,8 +93,10 @@ class Conveyor:
         adopt(self)
 
     def __repr__(self) -> str:
-        return (f"<Conveyor {self.main or '__main__'} broker={URL.of(self.conf.broker_url)} "
-                f"backend={URL.of(self.conf.result_backend)}>")
+        # mask_password, not URL(): a repr must not raise on a URL that cannot be parsed.
+        return (f"<Conveyor {self.main or '__main__'} broker="
+                f"{mask_password(str(self.conf.broker_url))} "
+                f"backend={mask_password(str(self.conf.result_backend))}>")
 
     def set_current(self) -> None:
         """Make this the app that ``shared_task`` tasks act on (the newest app is, already)."""

@@ -40,6 +40,11 @@ class Message:
     parent: str | None = None
     history: Sequence[dict[str, Any]] = ()
     sent_at: float = 0.0
+    #: 0 (lowest, the default) to 9; brokers with ``capabilities.priorities`` honour it.
+    priority: int = 0
+    #: Where the task sits in a workflow (root id, chord it joins, link/link_error
+    #: callbacks); read only by :mod:`conveyor.canvas.followups`.
+    canvas: dict[str, Any] | None = None
 
     def encode(self, signer: Signer) -> bytes:
         """Wire bytes of this message (signed when ``signer`` has a key).
@@ -72,6 +77,10 @@ class Message:
             data["parent"] = self.parent
         if self.history:
             data["history"] = self.history
+        if self.priority:
+            data["priority"] = self.priority
+        if self.canvas:
+            data["canvas"] = self.canvas
         return signer.sign(dumps_json(data))
 
     @classmethod

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.exceptions import TaskRevokedError, TimeoutError
 from conveyor.record import TaskRecord
+from conveyor.serialization import dumps_json, loads_json
 from conveyor.states import FAILURE, PENDING, READY_STATES, REVOKED, SUCCESS
 
 if TYPE_CHECKING:
@@ -20,12 +21,18 @@ class AsyncResult:
     record is cached since it can no longer change.
     """
 
-    __slots__ = ("_final", "app", "id", "parent")
+    __slots__ = ("_final", "app", "children", "id", "parent")
 
-    def __init__(self, task_id: str, *, app: Conveyor, parent: AsyncResult | None = None) -> None:
+    def __init__(self, task_id: str, *, app: Conveyor, parent: Any = None) -> None:
         self.id = task_id
         self.app = app
+        #: The result this one's task got its input from (the previous step of a chain,
+        #: a chord's header), when this handle came from sending a workflow.
         self.parent = parent
+        #: Results started by this one (the next chain step, a chord's body), likewise.
+        self.children: list[Any] = []
+        if parent is not None:
+            parent.children.append(self)
         self._final: TaskRecord | None = None
 
     def __repr__(self) -> str:
@@ -91,9 +98,15 @@ class AsyncResult:
             return record.value(self.app.result_codec)
         if record.error_type:
             return record.exception()
+        if record.result is not None:
+            return record.value(self.app.result_codec)  # a progress state's meta
         return None
 
     info = result
+
+    def revoke(self, *, terminate: bool = False, signal: str | None = None) -> None:
+        """Revoke this task durably (see ``app.control.revoke``)."""
+        self.app.control.revoke(self.id, terminate=terminate, signal=signal)
 
     @property
     def traceback(self) -> str | None:
@@ -160,15 +173,38 @@ class AsyncResult:
         self.app.backend.forget(self.id)
 
 
-class GroupResult:
-    """The results of several tasks, in the order they were given."""
+    def collect(self, *, timeout: float | None = None) -> Any:
+        """Yield ``(result, value)`` for this result and, depth first, its children,
+        waiting for each (as Celery's ``collect``)."""
+        yield from _collect(self, timeout)
 
-    def __init__(self, results: list[AsyncResult], *, id: str | None = None) -> None:
-        self.results = results
-        self.id = id
+    def iterdeps(self) -> Any:
+        """Yield ``(parent, child)`` pairs of the workflow graph below this result."""
+        stack: list[Any] = [self]
+        while stack:
+            node = stack.pop()
+            for child in getattr(node, "children", ()):
+                yield node, child
+                stack.append(child)
+
+
+def _collect(top: Any, timeout: float | None) -> Any:
+    stack = [top]
+    while stack:
+        node = stack.pop()
+        yield node, node.get(timeout=timeout)
+        stack.extend(reversed(list(getattr(node, "children", ()))))
+
+
+class ResultSet:
+    """Several results handled together, in order (members may be GroupResults)."""
+
+    def __init__(self, results: list[Any], *, app: Conveyor | None = None) -> None:
+        self.results = list(results)
+        self.app = app or next((r.app for r in self.results if getattr(r, "app", None)), None)
 
     def __repr__(self) -> str:
-        return f"<GroupResult {self.id} [{len(self.results)} tasks]>"
+        return f"<{type(self).__name__} [{len(self.results)} results]>"
 
     def __iter__(self) -> Any:
         return iter(self.results)
@@ -176,16 +212,32 @@ class GroupResult:
     def __len__(self) -> int:
         return len(self.results)
 
-    def __getitem__(self, index: int) -> AsyncResult:
+    def __getitem__(self, index: int) -> Any:
         return self.results[index]
 
+    def add(self, result: Any) -> None:
+        """Add a result to the set."""
+        if result not in self.results:
+            self.results.append(result)
+
     def _states(self) -> list[str]:
-        if not self.results:
-            return []
-        app = self.results[0].app
-        app.flush_pending()
-        stored = app.backend.get_many([r.id for r in self.results])
-        return [stored[r.id].state if r.id in stored else PENDING.value for r in self.results]
+        """One state per task below this set (nested groups flattened)."""
+        ids: list[Any] = []
+        groups: list[ResultSet] = []
+        for r in self.results:
+            (groups if isinstance(r, ResultSet) else ids).append(r)
+        states = []
+        if ids:
+            if isinstance(ids[0], EagerResult):
+                states = [r.state for r in ids]
+            else:
+                app = ids[0].app
+                app.flush_pending()
+                stored = app.backend.get_many([r.id for r in ids])
+                states = [stored[r.id].state if r.id in stored else PENDING.value for r in ids]
+        for g in groups:
+            states.extend(g._states())
+        return states
 
     def ready(self) -> bool:
         """True when every task has finished."""
@@ -199,12 +251,19 @@ class GroupResult:
         """True when any task failed."""
         return any(s == FAILURE for s in self._states())
 
+    def waiting(self) -> bool:
+        """True when some task has not finished."""
+        return not self.ready()
+
     def completed_count(self) -> int:
         """How many tasks succeeded."""
         return sum(s == SUCCESS for s in self._states())
 
-    def get(self, timeout: float | None = None, *, propagate: bool = True) -> list[Any]:
-        """Wait for all and return their results in order; ``timeout`` covers the whole wait."""
+    def get(self, timeout: float | None = None, *, propagate: bool = True,
+            interval: float | None = None) -> list[Any]:
+        """Wait for all and return their results in order (a nested group gives a list);
+        ``timeout`` covers the whole wait. With ``propagate`` the first failure (in order)
+        is raised."""
         deadline = None if timeout is None else time.monotonic() + timeout
         values = []
         for result in self.results:
@@ -214,7 +273,151 @@ class GroupResult:
 
     join = get
 
+    def join_native(self, timeout: float | None = None, *, propagate: bool = True) -> list[Any]:
+        """Same as :meth:`get` (Celery's name for its faster backend path)."""
+        return self.get(timeout, propagate=propagate)
+
     def forget(self) -> None:
         """Delete every task's record."""
         for result in self.results:
             result.forget()
+
+
+class GroupResult(ResultSet):
+    """The results of a group, in member order; ``save()`` keeps it for ``restore(id)``."""
+
+    def __init__(self, results: list[Any], *, id: str | None = None,
+                 app: Conveyor | None = None, parent: Any = None) -> None:
+        super().__init__(results, app=app)
+        self.id = id
+        self.parent = parent
+        self.children: list[Any] = []
+        if parent is not None and hasattr(parent, "children"):
+            parent.children.append(self)
+
+    def __repr__(self) -> str:
+        return f"<GroupResult {self.id} [{len(self.results)} tasks]>"
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, GroupResult) and other.id == self.id
+                and other.results == self.results)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def collect(self, *, timeout: float | None = None) -> Any:
+        """Yield ``(result, value)`` for each member and, depth first, their children."""
+        for member in self.results:
+            yield from _collect(member, timeout)
+
+    def _tree(self) -> list[Any]:
+        return [r._tree() if isinstance(r, GroupResult) else r.id for r in self.results]
+
+    def save(self) -> None:
+        """Keep the member ids in the backend (for ``result_expires``), so
+        :meth:`restore` can rebuild this handle in another process."""
+        if self.app is None or self.id is None:
+            raise ValueError("only a sent group (with an id and an app) can be saved")
+        data = dumps_json({"id": self.id, "results": self._tree()})
+        self.app.backend.put_entry(GROUP_ENTRY + self.id, data,
+                                   ttl=self.app.conf.result_expires)
+
+    def delete(self) -> None:
+        """Remove what :meth:`save` kept."""
+        if self.app is not None and self.id is not None:
+            self.app.backend.delete_entry(GROUP_ENTRY + self.id)
+
+    @classmethod
+    def restore(cls, group_id: str, *, app: Conveyor) -> GroupResult | None:
+        """The group saved under ``group_id``; None when unknown or expired."""
+        raw = app.backend.entries(GROUP_ENTRY + group_id).get(GROUP_ENTRY + group_id)
+        if raw is None:
+            return None
+        data = loads_json(raw)
+
+        def build(gid: str | None, items: list[Any]) -> GroupResult:
+            return GroupResult([build(None, i) if isinstance(i, list) else
+                                AsyncResult(str(i), app=app) for i in items], id=gid, app=app)
+
+        return build(group_id, list(data["results"]))
+
+
+class EagerResult:
+    """The outcome of a task run in this process (``task.apply()``, ``task_always_eager``):
+    the interface of :class:`AsyncResult`, nothing read from a backend."""
+
+    def __init__(self, task_id: str, value: Any, state: str, *, traceback: str | None = None,
+                 name: str | None = None, parent: Any = None, retries: int = 0) -> None:
+        self.id = task_id
+        self._value = value
+        self._state = str(state)
+        self._traceback = traceback
+        self.name = name
+        self.retries = retries
+        self.parent = parent
+        self.children: list[Any] = []
+        self.app = None
+        if parent is not None and hasattr(parent, "children"):
+            parent.children.append(self)
+
+    def __repr__(self) -> str:
+        return f"<EagerResult {self.id}: {self._state}>"
+
+    @property
+    def task_id(self) -> str:
+        """Alias of ``id``."""
+        return self.id
+
+    @property
+    def state(self) -> str:
+        """SUCCESS, FAILURE (or REVOKED)."""
+        return self._state
+
+    status = state
+
+    @property
+    def result(self) -> Any:
+        """The return value, or the exception on failure."""
+        return self._value
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        """The formatted traceback of the failure, if any."""
+        return self._traceback
+
+    def exists(self) -> bool:
+        """Always True: the task ran."""
+        return True
+
+    def ready(self) -> bool:
+        """Always True."""
+        return True
+
+    def successful(self) -> bool:
+        """True when the task succeeded."""
+        return self._state == SUCCESS
+
+    def failed(self) -> bool:
+        """True when the task failed."""
+        return self._state == FAILURE
+
+    def get(self, timeout: float | None = None, *, propagate: bool = True,
+            interval: float | None = None, disable_sync_subtasks: bool = True) -> Any:
+        """The return value; the exception is raised when it failed and ``propagate``."""
+        if self._state != SUCCESS and propagate and isinstance(self._value, BaseException):
+            raise self._value
+        return self._value
+
+    wait = get
+
+    def forget(self) -> None:
+        """Nothing to forget: no backend holds it."""
+
+    def collect(self, *, timeout: float | None = None) -> Any:
+        """Yield ``(result, value)`` for this result and its children."""
+        yield from _collect(self, timeout)
+
+
+#: Prefix of saved groups in the backend's entry area.
+GROUP_ENTRY = "group:"

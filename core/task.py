@@ -18,6 +18,7 @@ from conveyor.exceptions import MaxRetriesExceededError, Retry
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
     from conveyor.canvas import Signature
+    from conveyor.exceptions import ExceptionInfo
     from conveyor.result import AsyncResult, GroupResult
 
 P = ParamSpec("P")
@@ -41,21 +42,55 @@ class Request:
     expires: float | None = None
     #: Set by ``Task.retry`` when it refuses because retries are used up.
     retries_exhausted: bool = False
+    #: Workflow fields (see :func:`conveyor.canvas.followups.request_fields`): the first
+    #: task's id, the previous one's, the group's, the chord ``{"id", "n"}`` it joins.
+    root_id: str | None = None
+    parent_id: str | None = None
+    group_id: str | None = None
+    chord: dict[str, Any] | None = None
+    callbacks: list[Any] = field(default_factory=list)
+    errbacks: list[Any] = field(default_factory=list)
+    chain: list[Any] = field(default_factory=list)
+    #: True when run in this process by ``apply()`` or ``task_always_eager``.
+    is_eager: bool = False
 
 
 class Task(Generic[P, R]):
     """A registered task. Calling it runs the function here; ``delay`` sends it to a worker."""
 
-    def __init__(self, app: Conveyor, fn: Callable[..., R], *, name: str, bind: bool = False,
+    def __init__(self, app: Conveyor, fn: Callable[..., R] | None = None, *, name: str,
+                 bind: bool = False,
                  queue: str | None = None, max_retries: int | EllipsisType | None = ...,
                  default_retry_delay: float | None = None,
                  autoretry_for: Sequence[type[BaseException]] = (),
                  dont_autoretry_for: Sequence[type[BaseException]] = (),
                  retry_backoff: bool | float = False, retry_backoff_max: float = 600.0,
                  retry_jitter: bool = True, expires: float | None = None,
-                 ignore_result: bool = False, dead_letter_failures: bool | None = None) -> None:
+                 ignore_result: bool = False, dead_letter_failures: bool | None = None,
+                 acks_late: bool | None = None, retry_kwargs: dict[str, Any] | None = None,
+                 priority: int | None = None, rate_limit: str | None = None,
+                 time_limit: float | None = None, soft_time_limit: float | None = None) -> None:
+        if fn is None:
+            # A class-based task: the body is the subclass's ``run`` method.
+            if type(self).run is Task.run:
+                raise TypeError(f"task class {type(self).__qualname__} defines no run() method")
+            fn, bind = self.run, False
         self.app = app
         self.fn = fn
+        from conveyor.ratelimit import parse_rate
+        from conveyor.routing import check_priority
+
+        #: Ack before running (False) or after the outcome is stored (True); None: the
+        #: app's ``task_acks_late``.
+        self.acks_late = acks_late
+        #: Options for the automatic retry of ``autoretry_for`` (countdown, max_retries, ...).
+        self.retry_kwargs = dict(retry_kwargs or {})
+        self.priority = check_priority(priority)
+        self.rate_limit = rate_limit
+        #: Calls allowed per second across all workers (None: unlimited).
+        self.rate: tuple[int, float] | None = parse_rate(rate_limit)
+        self.time_limit = time_limit
+        self.soft_time_limit = soft_time_limit
         self.name = name
         self.bind = bind
         self.queue = queue
@@ -81,6 +116,17 @@ class Task(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
 
+    @classmethod
+    def class_options(cls) -> dict[str, Any]:
+        """Options a subclass sets as class attributes (``max_retries = 5``,
+        ``autoretry_for = (...)``, ``acks_late = True``...): defaults for its tasks."""
+        names = set(inspect.signature(Task.__init__).parameters) - {"self", "app", "fn", "name",
+                                                                     "bind"}
+        found: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__[:cls.__mro__.index(Task)]):
+            found.update({k: v for k, v in vars(klass).items() if k in names})
+        return found
+
     @functools.cached_property
     def call_signature(self) -> inspect.Signature | None:
         """The function's signature, to check arguments before running (None if unknown)."""
@@ -105,6 +151,37 @@ class Task(Generic[P, R]):
     def _push_request(self, request: Request | None) -> None:
         self._local.request = request
 
+    # -- class-based tasks and hooks (override in a subclass; see ``base=``) -------------
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """The body of a class-based task (subclasses define it)."""
+        raise NotImplementedError
+
+    def on_success(self, retval: Any, task_id: str, args: list[Any],
+                   kwargs: dict[str, Any]) -> None:
+        """Called in the worker after a success is recorded."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: list[Any],
+                   kwargs: dict[str, Any], einfo: ExceptionInfo) -> None:
+        """Called in the worker after a failure is recorded."""
+
+    def on_retry(self, exc: BaseException | None, task_id: str, args: list[Any],
+                 kwargs: dict[str, Any], einfo: ExceptionInfo | None) -> None:
+        """Called in the worker after a retry is recorded and sent."""
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: list[Any],  # noqa: PLR0917 - Celery's signature
+                     kwargs: dict[str, Any], einfo: ExceptionInfo | None) -> None:
+        """Called in the worker after any outcome (``status`` is its state); ``retval`` is
+        the return value or the exception."""
+
+    def update_state(self, task_id: str | None = None, state: str = "PROGRESS",
+                     meta: Any = None) -> None:
+        """Record a progress state (any name but the terminal ones) with ``meta``, readable
+        from ``AsyncResult.state`` and ``.info`` while the task runs. Never overwrites an
+        outcome: once the task finishes, its final state wins."""
+        from conveyor.progress import store_progress
+
+        store_progress(self, task_id or self.request.id, state, meta)
+
     # -- sending --------------------------------------------------------------------------
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult:
         """Send with positional and keyword arguments; returns an :class:`AsyncResult`."""
@@ -114,18 +191,46 @@ class Task(Generic[P, R]):
                     kwargs: dict[str, Any] | None = None, *,
                     countdown: float | None = None, eta: datetime | float | None = None,
                     expires: datetime | float | None = None, queue: str | None = None,
-                    task_id: str | None = None, max_retries: int | None = None) -> AsyncResult:
+                    task_id: str | None = None, max_retries: int | None = None,
+                    priority: int | None = None, link: Any = None,
+                    link_error: Any = None) -> AsyncResult:
         """Send the task. ``countdown``: seconds from now; ``eta``: a datetime or epoch
         seconds; ``expires``: seconds from now or a datetime after which it is not run.
+        ``link`` / ``link_error``: a signature or a list of them, run with the result /
+        on failure (see :meth:`Signature.link`).
 
         Raises :class:`~conveyor.exceptions.TaskOptionError` for a negative countdown or an
         eta/expires in the past and :class:`~conveyor.exceptions.SerializationError` for
         arguments that cannot be encoded, before anything is sent.
         """
+        if link is not None or link_error is not None or self.app.conf.task_always_eager:
+            from conveyor.canvas.engine import send_linked
+
+            return send_linked(self, args, kwargs, link=link, link_error=link_error,
+                               countdown=countdown, eta=eta, expires=expires, queue=queue,
+                               task_id=task_id, max_retries=max_retries, priority=priority)
         return self.app.send_task(
             self.name, args, kwargs, countdown=countdown, eta=eta,
             expires=expires if expires is not None else self.expires,
-            queue=queue or self.queue, task_id=task_id, max_retries=max_retries)
+            queue=queue or self.queue, task_id=task_id, max_retries=max_retries,
+            priority=priority if priority is not None else self.priority)
+
+    def apply(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
+              **options: Any) -> Any:
+        """Run the task in this process and return an :class:`~conveyor.result.EagerResult`
+        (``link`` / ``link_error`` run here too); no broker, no backend."""
+        from conveyor.canvas import Signature
+
+        return Signature(self.name, args, kwargs, options, app=self.app).apply()
+
+    def replace(self, sig: Signature) -> Any:
+        """Replace this running task with ``sig``: ``raise self.replace(other.s())``.
+
+        Always raises. The task's result becomes ``sig``'s (it runs under this task's id)
+        and whatever followed this task in its chain or chord follows ``sig`` instead."""
+        from conveyor.exceptions import Replace
+
+        raise Replace(sig)
 
     def map(self, arguments: Iterable[Sequence[Any]], *,
             queue: str | None = None) -> GroupResult:
@@ -153,7 +258,14 @@ class Task(Generic[P, R]):
 
         return Signature(self.name, args, kwargs, immutable=True, app=self.app)
 
-    signature = s
+    def signature(self, args: Iterable[Any] | None = None,
+                  kwargs: dict[str, Any] | None = None, **options: Any) -> Signature:
+        """A signature with sending options: ``add.signature((2, 2), countdown=10)``."""
+        from conveyor.canvas import Signature
+
+        return Signature(self.name, args, kwargs, options, app=self.app)
+
+    subtask = signature
 
     # -- retrying -------------------------------------------------------------------------
     def retry(self, *, exc: BaseException | None = None, countdown: float | None = None,

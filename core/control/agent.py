@@ -1,0 +1,162 @@
+"""The worker's agent thread: its registry entry, the control channel, revocations.
+
+Every ``worker_heartbeat_interval`` the worker writes its entry ``worker:<hostname>`` with
+an expiry of three intervals, so a worker killed with SIGKILL drops out of the registry
+within three heartbeats; a graceful stop deletes it at once. About once a second it reads
+its control queue and refreshes the revoked-ids cache, ending running tasks revoked with
+``terminate=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+from conveyor.control.channel import REPLY_PREFIX, control_queue, decode_command
+from conveyor.control.revoke import RevokedCache
+from conveyor.exceptions import ConveyorError, Terminated
+from conveyor.ratelimit import parse_rate
+
+if TYPE_CHECKING:
+    from conveyor.worker.consumer import Consumer
+
+log = logging.getLogger("conveyor.worker")
+
+REGISTRY_PREFIX = "worker:"
+#: Seconds between reads of the control queue and the revoked ids.
+TICK = 0.5
+
+
+def _version() -> str:
+    try:
+        return metadata.version("conveyor")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class WorkerAgent:
+    """Runs beside a :class:`Consumer`; ``run`` until the consumer stops."""
+
+    def __init__(self, consumer: Consumer, *, pool: str | None = None) -> None:
+        self.consumer = consumer
+        self.app = consumer.app
+        self.pool = pool or os.environ.get("CONVEYOR_WORKER_POOL_KIND", "threads")
+        self.started = time.time()
+        self.revoked = RevokedCache(self.app)
+        self.queue = control_queue(consumer.hostname)
+        self.key = REGISTRY_PREFIX + consumer.hostname
+        self._stop = threading.Event()
+        #: Without coordination primitives there is no registry nor durable revoke cache.
+        self.enabled = False
+
+    # -- registry -------------------------------------------------------------------------
+    def entry(self) -> dict[str, Any]:
+        """What this worker publishes about itself."""
+        c = self.consumer
+        now = time.time()
+        return {
+            "hostname": c.hostname, "host": socket.gethostname(), "pid": os.getpid(),
+            "queues": list(c.queues), "pool": self.pool, "concurrency": c.concurrency,
+            "version": _version(), "started": self.started, "heartbeat": now,
+            "active": [{"id": task_id, "task": name, "started": started}
+                       for task_id, (name, started, _) in list(c.runner.active.items())],
+            "processed": c.processed, "failed": c.runner.failed,
+            "registered": sorted(self.app.tasks),
+            "rate_limits": {name: t.rate_limit for name, t in self.app.tasks.items()
+                            if t.rate_limit},
+        }
+
+    def register(self) -> None:
+        """Write this worker's entry (expiring after three heartbeats)."""
+        ttl = 3 * self.app.conf.heartbeat_interval
+        self.app.backend.put_entry(self.key, json.dumps(self.entry()).encode(), ttl=ttl)
+
+    def start(self) -> None:
+        """First registration and revoked ids, before the worker consumes; then the thread."""
+        self.enabled = self.app.backend.capabilities.coordination
+        if self.enabled:
+            try:
+                self.revoked.refresh()
+                self.register()
+            except ConveyorError as exc:
+                log.warning("could not register the worker yet: %s", exc)
+        threading.Thread(target=self.run, name="conveyor-agent", daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop the thread and remove the registry entry."""
+        self._stop.set()
+        if self.enabled:
+            try:
+                self.app.backend.delete_entry(self.key)
+            except ConveyorError as exc:
+                log.warning("could not remove the worker's registry entry: %s", exc)
+
+    def run(self) -> None:
+        interval = self.app.conf.heartbeat_interval
+        last_beat = time.monotonic()
+        while not self._stop.wait(min(TICK, interval)):
+            try:
+                if self.enabled:
+                    self.revoked.refresh()
+                    self._terminate_revoked()
+                    if time.monotonic() - last_beat >= interval:
+                        last_beat = time.monotonic()
+                        self.register()
+                self._read_commands()
+            except ConveyorError as exc:
+                log.warning("worker agent: %s (retrying)", exc)
+            except Exception:
+                log.exception("worker agent failed a round; retrying")
+
+    def _terminate_revoked(self) -> None:
+        from conveyor.worker.limits import raise_in_thread
+
+        active = self.consumer.runner.active
+        for task_id in self.revoked.to_terminate(list(active)):
+            entry = active.get(task_id)
+            if entry is not None:
+                log.warning("terminating revoked task %s[%s]", entry[0], task_id)
+                raise_in_thread(entry[2], Terminated)
+
+    # -- control channel ------------------------------------------------------------------
+    def _read_commands(self) -> None:
+        broker = self.app.broker
+        for res in broker.reserve([self.queue], lease=30.0, wait=0.0, limit=10):
+            command = decode_command(res.body)
+            if command is not None:
+                try:
+                    reply = self.execute(command["command"], command["arguments"])
+                except Exception as exc:
+                    reply = {"error": f"{type(exc).__name__}: {exc}"}
+                if self.enabled:
+                    self.app.backend.put_entry(
+                        f"{REPLY_PREFIX}{command['id']}:{self.consumer.hostname}",
+                        json.dumps(reply).encode(), ttl=60.0)
+            broker.ack(res)
+
+    def execute(self, command: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        """Carry out one control command; returns the reply."""
+        c = self.consumer
+        log.info("control command %s %s", command, arguments)
+        if command == "shutdown":
+            c.stop()
+            return {"ok": "shutting down"}
+        if command == "rate_limit":
+            task = self.app.tasks.get(str(arguments.get("task")))
+            if task is None:
+                return {"error": f"unknown task {arguments.get('task')!r}"}
+            rate = arguments.get("rate")
+            task.rate = parse_rate(rate)
+            task.rate_limit = str(rate) if task.rate is not None else None
+            return {"ok": f"rate limit of {task.name} set to {rate}"}
+        if command in ("pool_grow", "pool_shrink"):
+            n = int(arguments.get("n", 1))
+            size = c.resize(n if command == "pool_grow" else -n)
+            return {"ok": f"pool size is now {size}"}
+        return {"ok": "pong"}

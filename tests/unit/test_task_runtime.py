@@ -1,0 +1,450 @@
+"""The task runtime on the memory drivers: task classes and hooks, signals, progress states,
+revoke, routing, priorities, time limits, rate limits, the registry and control channel."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from conveyor import Conveyor, signals
+from conveyor.control.channel import control_queue
+from conveyor.exceptions import (
+    ConfigurationError,
+    SoftTimeLimitExceeded,
+    TaskOptionError,
+)
+from conveyor.ratelimit import RateLimiter, parse_rate
+from conveyor.task import Task
+from conveyor.worker import Consumer
+
+
+def _wait(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def recorded() -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """Every task/worker signal sent during the test, in order, with its arguments."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+    lock = threading.Lock()
+    sigs = [signals.before_task_publish, signals.after_task_publish, signals.task_prerun,
+            signals.task_postrun, signals.task_success, signals.task_failure,
+            signals.task_retry, signals.task_revoked, signals.worker_ready,
+            signals.worker_shutdown, signals.worker_process_init]
+
+    def receiver(signal: signals.Signal, sender: Any, **kw: Any) -> None:
+        with lock:
+            seen.append((signal.name, {"sender": sender, **kw}))
+
+    for s in sigs:
+        s.connect(receiver, dispatch_uid="test-recorder")
+    yield seen
+    for s in sigs:
+        s.disconnect(dispatch_uid="test-recorder")
+
+
+# -- task classes, hooks and signals ----------------------------------------------------------
+def test_base_class_hooks_and_class_attribute_options(app: Conveyor, worker: Consumer) -> None:
+    calls: list[tuple[Any, ...]] = []
+
+    class Audited(app.Task):  # type: ignore[name-defined,misc]
+        max_retries = 1
+        acks_late = False
+
+        def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+            calls.append(("success", retval, task_id, tuple(args)))
+
+        def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
+                       einfo: Any) -> None:
+            calls.append(("failure", type(exc).__name__, "ZeroDivisionError" in einfo.traceback))
+
+        def after_return(self, status: str, retval: Any, task_id: str, args: Any,  # noqa: PLR0917
+                         kwargs: Any, einfo: Any) -> None:
+            calls.append(("after", status))
+
+    @app.task(base=Audited)
+    def div(a: int, b: int) -> float:
+        return a / b
+
+    assert isinstance(div, Audited) and div.max_retries == 1 and div.acks_late is False
+    ok = div.delay(4, 2)
+    assert ok.get(timeout=5) == 2
+    bad = div.delay(1, 0)
+    with pytest.raises(ZeroDivisionError):
+        bad.get(timeout=5)
+    _wait(lambda: len(calls) >= 4)
+    assert calls == [("success", 2.0, ok.id, (4, 2)), ("after", "SUCCESS"),
+                     ("failure", "ZeroDivisionError", True), ("after", "FAILURE")]
+
+
+def test_class_based_task_registered_by_class(app: Conveyor, worker: Consumer) -> None:
+    class Multiply(Task[Any, Any]):
+        name = "custom.multiply"
+
+        def run(self, a: int, b: int) -> int:
+            return a * b
+
+    task = app.register_task(Multiply)
+    assert task.name == "custom.multiply" and app.tasks["custom.multiply"] is task
+    assert task.delay(6, 7).get(timeout=5) == 42
+    assert app.send_task("custom.multiply", (2, 3)).get(timeout=5) == 6
+
+
+def test_task_class_without_run_is_refused(app: Conveyor) -> None:
+    class Empty(Task[Any, Any]):
+        pass
+
+    with pytest.raises(TypeError, match="no run"):
+        app.register_task(Empty)
+    with pytest.raises(TypeError, match="not a subclass"):
+        app.task(base=dict)  # type: ignore[arg-type]
+
+
+def test_autoretry_uses_retry_kwargs_and_fires_on_retry(app: Conveyor, worker: Consumer,
+                                                         recorded: list[Any]) -> None:
+    seen: list[str] = []
+
+    class Hooked(Task[Any, Any]):
+        def on_retry(self, exc: BaseException | None, task_id: str, args: Any, kwargs: Any,
+                     einfo: Any) -> None:
+            seen.append(f"retry:{exc}")
+
+    @app.task(base=Hooked, autoretry_for=(LookupError,), retry_kwargs={"max_retries": 2,
+                                                                      "countdown": 0.05})
+    def flaky() -> None:
+        raise LookupError("nope")
+
+    r = flaky.delay()
+    with pytest.raises(LookupError):
+        r.get(timeout=10)
+    assert r.retries == 2
+    assert seen == ["retry:nope", "retry:nope"]
+    retries = [kw for name, kw in recorded if name == "task_retry"]
+    assert len(retries) == 2 and retries[0]["request"].id == r.id
+    assert isinstance(retries[0]["reason"], LookupError)
+
+
+def test_signals_fire_in_order_with_celery_arguments(app: Conveyor, worker: Consumer,
+                                                      recorded: list[Any]) -> None:
+    @app.task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    r = add.apply_async((2, 3), queue="default")
+    assert r.get(timeout=5) == 5
+    _wait(lambda: any(n == "task_postrun" for n, _ in recorded))
+    names = [n for n, _ in recorded if n not in {"worker_ready", "worker_process_init"}]
+    assert names == ["before_task_publish", "after_task_publish", "task_prerun",
+                     "task_success", "task_postrun"]
+    kw = dict(recorded)
+    assert kw["before_task_publish"]["sender"] == add.name
+    assert kw["before_task_publish"]["headers"]["id"] == r.id
+    assert kw["before_task_publish"]["routing_key"] == "default"
+    assert kw["task_prerun"]["task_id"] == r.id and kw["task_prerun"]["args"] == [2, 3]
+    assert kw["task_prerun"]["sender"] is add
+    assert kw["task_success"]["result"] == 5
+    assert kw["task_postrun"]["retval"] == 5 and kw["task_postrun"]["state"] == "SUCCESS"
+
+
+def test_task_failure_signal_and_a_raising_receiver_changes_nothing(
+        app: Conveyor, worker: Consumer, recorded: list[Any]) -> None:
+    @app.task
+    def boom() -> None:
+        raise ValueError("bad")
+
+    def broken(**_: Any) -> None:
+        raise RuntimeError("receiver bug")
+
+    signals.task_prerun.connect(broken)
+    try:
+        r = boom.delay()
+        with pytest.raises(ValueError, match="bad"):
+            r.get(timeout=5)
+    finally:
+        signals.task_prerun.disconnect(broken)
+    _wait(lambda: any(n == "task_failure" for n, _ in recorded))
+    failure = dict(recorded)["task_failure"]
+    assert failure["task_id"] == r.id and isinstance(failure["exception"], ValueError)
+    assert "ValueError" in failure["traceback"] and failure["einfo"].type is ValueError
+
+
+def test_signal_sender_filter_and_decorator_form() -> None:
+    sig = signals.Signal("demo")
+    heard: list[Any] = []
+
+    @sig.connect(sender="a")
+    def only_a(sender: Any, **kw: Any) -> None:
+        heard.append((sender, kw["x"]))
+
+    sig.send(sender="b", x=1)
+    sig.send(sender="a", x=2)
+    assert heard == [("a", 2)]
+    assert sig.disconnect(only_a, sender="a") and not sig.receivers
+
+
+def test_ignore_result_stores_no_value(app: Conveyor, worker: Consumer) -> None:
+    @app.task(ignore_result=True)
+    def value() -> int:
+        return 7
+
+    r = value.delay()
+    _wait(lambda: r.state == "SUCCESS")
+    assert r.result is None
+
+
+# -- progress ---------------------------------------------------------------------------------
+def test_progress_state_is_readable_while_running_and_the_final_state_wins(
+        app: Conveyor, worker: Consumer) -> None:
+    gate = threading.Event()
+
+    @app.task(bind=True)
+    def long(self: Task[Any, Any]) -> str:
+        self.update_state(state="PROGRESS", meta={"done": 1, "total": 2})
+        gate.wait(5)
+        return "finished"
+
+    r = long.delay()
+    _wait(lambda: r.state == "PROGRESS")
+    assert r.info == {"done": 1, "total": 2}
+    gate.set()
+    assert r.get(timeout=5) == "finished"
+    # A late progress write cannot replace the outcome.
+    long.update_state(task_id=r.id, state="PROGRESS", meta={"late": True})
+    fresh = app.AsyncResult(r.id)
+    assert fresh.state == "SUCCESS" and fresh.result == "finished"
+
+
+def test_update_state_refuses_terminal_and_overlong_states(app: Conveyor) -> None:
+    @app.task
+    def t() -> None:
+        pass
+
+    with pytest.raises(TaskOptionError, match="set by the worker"):
+        t.update_state(task_id="x", state="SUCCESS")
+    with pytest.raises(TaskOptionError, match="16"):
+        t.update_state(task_id="x", state="P" * 17)
+    with pytest.raises(TaskOptionError, match="task_id"):
+        t.update_state(state="PROGRESS")
+
+
+# -- revoke -----------------------------------------------------------------------------------
+def test_revoked_task_is_never_run_and_reads_revoked(app: Conveyor, recorded: list[Any]) -> None:
+    ran: list[int] = []
+
+    @app.task
+    def work(n: int) -> int:
+        ran.append(n)
+        return n
+
+    r = work.apply_async((1,), countdown=0.5)
+    r.revoke()
+    keep = work.delay(2)
+    consumer = Consumer(app, concurrency=1)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        assert keep.get(timeout=5) == 2
+        time.sleep(1.0)
+        assert r.state == "REVOKED" and ran == [2]
+        assert app.broker.stats("default").ready + app.broker.stats("default").delayed == 0
+        revoked = [kw for n, kw in recorded if n == "task_revoked"]
+        assert revoked and revoked[0]["request"].id == r.id
+        assert revoked[0]["terminated"] is False
+    finally:
+        consumer.stop()
+        thread.join(10)
+
+
+def test_revoke_terminate_ends_a_running_thread_task(app: Conveyor, worker: Consumer) -> None:
+    state = {"cleaned": False}
+
+    @app.task
+    def spin() -> None:
+        try:
+            for _ in range(500):
+                time.sleep(0.01)
+        finally:
+            state["cleaned"] = True
+
+    r = spin.delay()
+    _wait(lambda: r.state == "STARTED" or r.id in worker.runner.active)
+    app.control.revoke(r.id, terminate=True)
+    _wait(lambda: state["cleaned"], timeout=4)
+    assert r.state == "REVOKED"
+
+
+def test_revoking_a_finished_task_keeps_its_outcome(app: Conveyor, worker: Consumer) -> None:
+    @app.task
+    def one() -> int:
+        return 1
+
+    r = one.delay()
+    assert r.get(timeout=5) == 1
+    app.control.revoke(r.id)
+    assert app.AsyncResult(r.id).state == "SUCCESS"
+
+
+# -- routing and priorities -------------------------------------------------------------------
+def test_routes_by_name_glob_regex_and_callable_with_precedence(app: Conveyor) -> None:
+    def router(name: str, args: Any, kwargs: Any, options: Any, task: Any = None,
+               **kw: Any) -> Any:
+        return {"queue": "from-callable", "priority": 3} if name == "z.call" else None
+
+    app.conf.task_routes = [{"a.exact": "q-exact", "b.*": {"queue": "q-glob"},
+                             re.compile(r"^c\.\d+$"): {"queue": "q-regex"}}, router]
+    assert app.send_task("a.exact").app is app
+    assert app.build_message("a.exact").queue == "q-exact"
+    assert app.build_message("b.anything").queue == "q-glob"
+    assert app.build_message("c.42").queue == "q-regex"
+    called = app.build_message("z.call")
+    assert called.queue == "from-callable" and called.priority == 3
+    assert app.build_message("other").queue == "default"
+    assert app.build_message("a.exact", queue="explicit").queue == "explicit"
+
+    @app.task(name="b.own", queue="own-queue")
+    def own() -> None:
+        pass
+
+    assert app.broker.stats("own-queue").ready == 0
+    own.delay()
+    assert app.broker.stats("own-queue").ready == 1  # the task's queue beats the route
+
+
+def test_priority_is_validated(app: Conveyor) -> None:
+    with pytest.raises(TaskOptionError, match="0"):
+        app.build_message("x", priority=10)
+    with pytest.raises(TaskOptionError):
+        app.task(priority=-1)(lambda: None)
+
+
+def test_memory_broker_serves_higher_priorities_first(app: Conveyor) -> None:
+    @app.task
+    def mark(tag: str) -> str:
+        return tag
+
+    for i in range(3):
+        mark.apply_async((f"low{i}",))
+    mark.apply_async(("high",), priority=9)
+    mark.apply_async(("mid",), priority=5)
+    got = app.broker.reserve(["default"], lease=5, limit=5)
+    from conveyor.message import Message
+
+    tags = [Message.decode(r.body, app.signer).args[0] for r in got]
+    assert tags == ["high", "mid", "low0", "low1", "low2"]
+
+
+# -- time limits ------------------------------------------------------------------------------
+def test_soft_time_limit_raises_inside_the_task(app: Conveyor, worker: Consumer) -> None:
+    @app.task(soft_time_limit=0.3)
+    def slow() -> str:
+        try:
+            for _ in range(300):
+                time.sleep(0.01)
+        except SoftTimeLimitExceeded:
+            return "cleaned up"
+        return "not limited"
+
+    assert slow.delay().get(timeout=5) == "cleaned up"
+
+
+def test_hard_time_limit_records_failure_and_asks_to_recycle(app: Conveyor) -> None:
+    release = threading.Event()
+
+    @app.task(time_limit=0.3)
+    def stuck() -> str:
+        release.wait(10)
+        return "too late"
+
+    consumer = Consumer(app, concurrency=2)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        r = stuck.delay()
+        _wait(lambda: r.state == "FAILURE", timeout=5)
+        record = r.record
+        assert record is not None
+        assert record.error_type == "conveyor.exceptions.TimeLimitExceeded"
+        assert [a["outcome"] for a in record.attempts] == ["failure"]
+        thread.join(5)
+        assert not thread.is_alive() and consumer.exit_code == 75
+    finally:
+        release.set()
+        consumer.stop()
+    time.sleep(0.2)
+    assert app.AsyncResult(r.id).state == "FAILURE"  # the late return changed nothing
+
+
+# -- rate limits ------------------------------------------------------------------------------
+def test_parse_rate_forms() -> None:
+    assert parse_rate("10/s") == (10, 1.0)
+    assert parse_rate("100/m") == (2, 1.2)
+    assert parse_rate("1/h") == (1, 3600.0)
+    assert parse_rate(5) == (5, 1.0)
+    assert parse_rate(None) is None and parse_rate("0") is None
+    with pytest.raises(ConfigurationError, match="rate_limit"):
+        parse_rate("fast")
+
+
+def test_rate_limiter_admits_per_window_and_queues_the_rest(app: Conveyor) -> None:
+    @app.task(rate_limit="2/s")
+    def limited() -> None:
+        pass
+
+    limiter = RateLimiter(app)
+    now = 1000.0
+    waits = [limiter.delay_for(limited, f"id{i}", now=now) for i in range(5)]
+    assert waits[:2] == [0.0, 0.0]
+    assert 1.0 <= waits[2] < 1.1 and 1.0 <= waits[3] < 1.1 and 2.0 <= waits[4] < 2.1
+    # An id asking again (a redelivery) is not counted twice: id5 is sixth in line, not seventh.
+    limiter.delay_for(limited, "id0", now=now)
+    assert 2.0 <= limiter.delay_for(limited, "id5", now=now) < 2.1
+
+
+def test_rate_limited_tasks_all_run_without_counted_attempts(app: Conveyor,
+                                                             worker: Consumer) -> None:
+    @app.task(rate_limit="5/s")
+    def tick() -> float:
+        return time.time()
+
+    started = time.time()
+    results = [tick.delay() for _ in range(12)]
+    times = sorted(r.get(timeout=10) for r in results)
+    # 12 runs at 5 per one-second window span at least two window boundaries.
+    assert times[-1] - started >= 1.0
+    assert all(len(r.attempts) == 1 for r in results)
+
+
+# -- registry and control ---------------------------------------------------------------------
+def test_registry_entry_inspect_and_control_commands(app: Conveyor, worker: Consumer) -> None:
+    inspect = app.control.inspect()
+    _wait(lambda: worker.hostname in inspect.workers())
+    entry = inspect.workers()[worker.hostname]
+    assert entry["concurrency"] == 2 and entry["queues"] == ["default"]
+    assert entry["pid"] > 0 and entry["pool"] == "threads"
+    gate = threading.Event()
+
+    @app.task
+    def hold() -> None:
+        gate.wait(5)
+
+    r = hold.delay()
+    _wait(lambda: any(a["id"] == r.id for a in inspect.active()[worker.hostname]), timeout=5)
+    gate.set()
+    replies = app.control.pool_grow(2, reply=True, timeout=5)
+    assert replies[worker.hostname] == {"ok": "pool size is now 4"}
+    assert worker.concurrency == 4
+    app.control.pool_shrink(1, reply=True, timeout=5)
+    assert worker.concurrency == 3
+    replies = app.control.rate_limit(hold.name, "10/m", reply=True, timeout=5)
+    assert hold.rate == parse_rate("10/m")
+    app.control.shutdown()
+    _wait(worker._stop.is_set, timeout=5)
+    assert control_queue(worker.hostname).startswith("conveyor-control-")
