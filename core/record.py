@@ -59,8 +59,10 @@ class TaskRecord:
         """Encode for a backend driver."""
         # A shallow dict (asdict() would deep-copy the attempt history on every write),
         # without fields left at their empty defaults.
+        # (A result of [] is a value, kept: only an empty attempt history is left out.)
         data = {name: value for name in _FIELDS
-                if (value := getattr(self, name)) is not None and value != []}
+                if (value := getattr(self, name)) is not None
+                and (value != [] or name == "result")}
         return StoredRecord(self.task_id, self.state, dumps_json(data))
 
     @classmethod
