@@ -22,7 +22,7 @@ from conveyor.record import TaskRecord
 from conveyor.registry import backend_from_url, broker_from_url
 from conveyor.serialization import Codec, Signer, quote_json
 from conveyor.task import Task
-from conveyor.url import URL
+from conveyor.url import mask_password
 
 if TYPE_CHECKING:
     from conveyor.backend import ResultBackend

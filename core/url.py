@@ -1,7 +1,8 @@
 """An immutable broker/backend URL that never shows its password.
 
-We only split off the scheme and mask the password here; each driver hands ``url.raw`` to its
-client library's own parser (``redis.from_url``, ``sqlalchemy.make_url``, ...), so the grammar
+We only split off the scheme and mask credentials here (by splitting the URL into its parts,
+not by a pattern over the whole string); each driver hands ``url.raw`` to its client library's
+own parser (``redis.from_url``, ``sqlalchemy.make_url``, ...), so the grammar
 of each URL is the one its client documents.
 """
 
@@ -14,7 +15,12 @@ from urllib.parse import parse_qsl, urlsplit
 from conveyor.exceptions import InvalidURLError
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
-_USERINFO = re.compile(r"^(?P<scheme>[^:/]+://)(?P<user>[^:@/]*)(?::(?P<pw>[^@/]*))?@")
+#: Query options whose value is a secret: any key ending in one of these words (so
+#: ``aws_secret_access_key`` and ``aws_session_token`` too), compared case-insensitively.
+#: The one list every driver's secret options belong in.
+SECRET_QUERY_KEYS: tuple[str, ...] = (
+    "password", "passwd", "pwd", "secret", "secret_key", "secret_access_key",
+    "session_token", "token", "sas_token", "access_token", "api_key", "apikey")
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,12 @@ class URL:
             raise InvalidURLError(
                 f"malformed URL {mask_password(self.raw)!r}: it must start with 'scheme://', "
                 "for example 'redis://localhost:6379/0' or 'sqlite:///conveyor.db'")
+        userinfo = _split(self.raw)[1]
+        if userinfo is not None and "/" in userinfo:
+            raise InvalidURLError(
+                f"malformed URL {mask_password(self.raw)!r}: the user name or password holds "
+                "an unencoded '/', which ends the host part; encode '/' in the password as "
+                "%2F (and '@' as %40, ':' as %3A)")
         try:
             urlsplit(self.raw)
         except ValueError as exc:
@@ -70,9 +82,47 @@ class URL:
         return f"URL({self.masked!r})"
 
 
+def _split(raw: str) -> tuple[str, str | None, str, str]:
+    """``(scheme://, userinfo or None, rest up to the query, ?query#fragment)``.
+
+    The user info runs to the *last* ``@`` before the query, so an unencoded ``@`` or ``/``
+    in a password stays inside it (and is masked whole). A URL whose authority is empty
+    (``sqlite:///file``) has no user info, whatever its path holds.
+    """
+    match = _SCHEME.match(raw)
+    if match is None:
+        return "", None, raw, ""
+    scheme, rest = raw[:match.end()], raw[match.end():]
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    head, tail = rest[:cut], rest[cut:]
+    if head.startswith("/") or "@" not in head:
+        return scheme, None, head, tail
+    userinfo, _, hostpart = head.rpartition("@")
+    if "/" in userinfo and ":" not in userinfo:
+        return scheme, None, head, tail  # an '@' in the path (s3://bucket/a@b), no user info
+    return scheme, userinfo, hostpart, tail
+
+
+def _secret_key(key: str) -> bool:
+    key = key.lower()
+    return any(key.endswith(word) for word in SECRET_QUERY_KEYS)
+
+
 def mask_password(raw: str) -> str:
-    """Return ``raw`` with the password part of its user info replaced by ``***``."""
-    match = _USERINFO.match(raw)
-    if not match or match.group("pw") is None:
-        return raw
-    return f"{match.group('scheme')}{match.group('user')}:***@{raw[match.end():]}"
+    """Return ``raw`` with every credential replaced by ``***``: the password of its user
+    info (found by parsing, so an unencoded ``@`` or ``/`` in it leaks nothing) and the
+    value of each secret query option (``password=``, ``token=``, ``aws_secret_access_key=``,
+    ... see :data:`SECRET_QUERY_KEYS`)."""
+    scheme, userinfo, hostpart, tail = _split(raw)
+    if userinfo is not None:
+        user, colon, _ = userinfo.partition(":")
+        hostpart = f"{user}{':***' if colon else ''}@{hostpart}"
+    if tail.startswith("?"):
+        query, hash_, fragment = tail[1:].partition("#")
+        parts = re.split(r"([&;])", query)
+        for n in range(0, len(parts), 2):
+            key, eq, _ = parts[n].partition("=")
+            if eq and _secret_key(key):
+                parts[n] = f"{key}=***"
+        tail = "?" + "".join(parts) + hash_ + fragment
+    return scheme + hostpart + tail

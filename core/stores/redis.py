@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.exceptions import (
     AuthenticationError,
+    ConfigurationError,
     ConnectionLostError,
     DriverError,
     ValueRefusedError,
@@ -43,6 +44,10 @@ def make_client(url: URL, *, retries: int = DEFAULT_RETRIES, **options: Any) -> 
     ``options`` go to ``redis.Redis.from_url`` (query parameters in the URL override them).
     Raises :class:`~conveyor.exceptions.MissingDependencyError` without redis-py.
     """
+    if "sentinel" in url.scheme:
+        raise ConfigurationError(
+            f"{url.scheme}:// is not supported yet: give the current primary's address as "
+            "redis://host:port/db (or rediss:// for TLS)")
     redis_mod = require("redis", extra="redis")
     from redis.backoff import ExponentialWithJitterBackoff
     from redis.retry import Retry

@@ -1,0 +1,54 @@
+"""Credentials never reach a repr, a log line or ``conveyor check``, whatever the URL's form."""
+
+from __future__ import annotations
+
+import pytest
+
+from conveyor import Conveyor
+from conveyor.exceptions import InvalidURLError
+from conveyor.url import URL, mask_password
+
+
+@pytest.mark.parametrize(("raw", "masked"), [
+    ("redis://:hunter2@host:6379/0", "redis://:***@host:6379/0"),
+    ("redis://user:hun@ter2@host/0", "redis://user:***@host/0"),
+    ("redis://host/0?password=hunter2&db=1", "redis://host/0?password=***&db=1"),
+    ("rediss://host/0?Password=hunter2#frag", "rediss://host/0?Password=***#frag"),
+    ("sqs://?region=eu&aws_secret_access_key=hunter2&aws_session_token=hunter2",
+     "sqs://?region=eu&aws_secret_access_key=***&aws_session_token=***"),
+    ("mongodb://u:p:hunter2@h1,h2/db?authSource=admin&tls=true",
+     "mongodb://u:***@h1,h2/db?authSource=admin&tls=true"),
+    ("postgresql+psycopg://user@host/db?api_key=hunter2", "postgresql+psycopg://user@host/db"
+     "?api_key=***"),
+    ("sqlite:///dir/a@b.db", "sqlite:///dir/a@b.db"),
+    ("s3://bucket/pre@fix?region=eu", "s3://bucket/pre@fix?region=eu"),
+])
+def test_every_credential_is_masked(raw: str, masked: str) -> None:
+    assert mask_password(raw) == masked
+    assert "hunter2" not in mask_password(raw)
+
+
+def test_an_unencoded_slash_in_a_password_is_a_clear_error_that_leaks_nothing() -> None:
+    with pytest.raises(InvalidURLError, match="%2F") as caught:
+        URL("redis://user:hun/ter2@host:6379/0")
+    assert "hun" not in str(caught.value) and "ter2" not in str(caught.value)
+
+
+def test_repr_of_an_app_masks_query_passwords_and_survives_unparseable_urls() -> None:
+    app = Conveyor("s", broker="redis://host/0?password=hunter2",
+                   backend="redis://user:hun/ter2@host/0")
+    text = repr(app)
+    assert "hunter2" not in text and "ter2" not in text and "password=***" in text
+    assert "hunter2" not in str(URL("redis://host/0?password=hunter2"))
+    assert "hunter2" not in repr(URL("redis://:hunter2@host/0"))
+
+
+@pytest.mark.parametrize("kind", ["broker", "backend"])
+def test_redis_sentinel_urls_are_a_one_line_not_supported_error(kind: str) -> None:
+    from conveyor.exceptions import ConfigurationError
+    from conveyor.registry import backend_from_url, broker_from_url
+
+    make = broker_from_url if kind == "broker" else backend_from_url
+    with pytest.raises(ConfigurationError, match="not supported yet") as caught:
+        make("redis+sentinel://:hunter2@host:26379/mymaster")
+    assert "\n" not in str(caught.value) and "hunter2" not in str(caught.value)
