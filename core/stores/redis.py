@@ -66,10 +66,26 @@ def block_timeout(client: redis.Redis, seconds: float) -> float:
     At least :data:`MIN_BLOCK`, and short enough to return before the client's own
     ``socket_timeout`` (redis-py's default is 5 s) would abort the read; callers loop.
     """
-    limit = client.connection_pool.connection_kwargs.get("socket_timeout")
+    kwargs = client.connection_pool.connection_kwargs
+    # Unset means redis-py's own default (5 s since redis-py 6), not "no timeout".
+    limit = kwargs["socket_timeout"] if "socket_timeout" in kwargs else _default_socket_timeout()
     if limit is not None:
         seconds = min(seconds, max(limit - 0.5, limit / 2))
     return max(round(seconds, 3), MIN_BLOCK)
+
+
+def _default_socket_timeout() -> float | None:
+    from redis import connection
+
+    value = getattr(connection, "DEFAULT_SOCKET_TIMEOUT", None)
+    if value is None:
+        # Older redis-py: read the default off the Connection signature.
+        import inspect
+
+        param = inspect.signature(connection.AbstractConnection.__init__).parameters.get(
+            "socket_timeout")
+        value = None if param is None else param.default
+    return float(value) if isinstance(value, int | float) else None
 
 
 def run_script(client: redis.Redis, script: Script, keys: Sequence[KeyT],

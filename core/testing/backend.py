@@ -344,6 +344,17 @@ class BackendWaitContract(BackendFixtures):
         elapsed = time.monotonic() - started
         assert 0.45 <= elapsed < 1.5, f"returned after {elapsed:.3f}s"
 
+    def test_wait_returns_none_after_a_timeout_longer_than_any_internal_block(
+            self, backend: ResultBackend, task_id: str) -> None:
+        # A blocking wait loops over blocks of a few seconds, each shorter than the client's
+        # socket timeout (redis-py's is 5 s): a timeout above one block must still end in
+        # None at the timeout, not in a read timeout. Polling backends: above their backoff.
+        timeout = 5.5 if backend.capabilities.push_wait else 1.2
+        started = time.monotonic()
+        assert backend.wait(task_id, timeout=timeout) is None
+        elapsed = time.monotonic() - started
+        assert timeout - 0.05 <= elapsed < timeout + 1.0, f"returned after {elapsed:.3f}s"
+
     def test_wait_ignores_progress_states(self, backend: ResultBackend, task_id: str) -> None:
         backend.store(_record(task_id, "STARTED"), ttl=None)
         assert backend.wait(task_id, timeout=0.3) is None
