@@ -76,6 +76,13 @@ class PendingWriter:
         if self._thread is None or self._pid != os.getpid():
             self._pid = os.getpid()
             self._closed = False
+            try:
+                # Import and build the driver now: at interpreter exit, importing a client
+                # library can fail ("can't register atexit after shutdown"), and the exit
+                # flush would lose the records.
+                self._backend()
+            except ConveyorError as exc:
+                log.error("result backend unavailable for PENDING records: %s", exc)
             self._thread = threading.Thread(target=self._run, name="conveyor-pending",
                                             daemon=True)
             self._thread.start()

@@ -269,3 +269,27 @@ def test_a_send_rides_out_a_broker_restart_of_two_seconds() -> None:
         assert time.monotonic() - began > 1.5
         time.sleep(0.5)
         app.close()
+
+
+def test_a_producer_exiting_right_after_delay_leaves_its_pending_record(redis_url: str) -> None:
+    import subprocess
+    import sys
+
+    from conveyor.registry import backend_from_url
+
+    script = (
+        "import sys\n"
+        "from conveyor import Conveyor\n"
+        "app = Conveyor('p', broker='memory://exit', backend=sys.argv[1])\n"
+        "@app.task\n"
+        "def t(): pass\n"
+        "print(t.delay().id)\n")
+    done = subprocess.run([sys.executable, "-c", script, redis_url], capture_output=True,
+                          text=True, timeout=60, check=True)
+    assert "could not flush" not in done.stderr
+    backend = backend_from_url(redis_url)
+    try:
+        record = backend.get(done.stdout.strip())
+        assert record is not None and record.state == "PENDING"
+    finally:
+        backend.close()
