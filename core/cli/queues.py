@@ -6,21 +6,22 @@ from typing import Any
 
 import click
 
-from conveyor.cli.common import (
-    app_from,
-    app_option,
-    json_option,
-    pass_state,
-    queues_option,
-    split_queues,
+from conveyor.cli.common import app_from, common_options, pass_state, queues_option, split_queues
+from conveyor.cli.output import (
+    add_row,
+    emit_json,
+    fail,
+    json_mode,
+    out,
+    progress,
+    table,
+    visible,
 )
-from conveyor.cli.output import add_row, emit_json, fail, out, safe, table
 
 
 @click.command()
-@app_option
+@common_options
 @queues_option()
-@json_option
 @pass_state
 def queues(state: dict[str, Any], app_path: str | None, queues: str | None,
            as_json: bool) -> None:
@@ -29,7 +30,7 @@ def queues(state: dict[str, Any], app_path: str | None, queues: str | None,
     names = sorted(set(split_queues(queues, app))
                    | (set() if queues else set(app.broker.queues())))
     stats = [app.broker.stats(name) for name in names]
-    if as_json:
+    if as_json or json_mode():
         emit_json([s.__dict__ for s in stats])
         return
     tbl = table("queue", "ready", "delayed", "reserved", "dead",
@@ -41,24 +42,29 @@ def queues(state: dict[str, Any], app_path: str | None, queues: str | None,
 
 
 @click.command()
-@app_option
+@common_options
 @queues_option()
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@json_option
 @pass_state
 def purge(state: dict[str, Any], app_path: str | None, queues: str | None, yes: bool,
           as_json: bool) -> None:
     """Delete ready and delayed messages (not running ones, not dead letters)."""
     app = app_from(state, app_path)
     names = split_queues(queues, app)
-    if not yes and not click.confirm(f"Delete all waiting messages on {', '.join(names)}?"):
+    if not yes and not click.confirm(
+            f"Delete all waiting messages on {visible(', '.join(names))}?"):
         fail("aborted")
-    counts = {name: app.broker.purge(name) for name in names}
-    if as_json:
+    counts: dict[str, int] = {}
+    with progress(total=len(names), description="purging", at_least=0) as bar:
+        job = bar.add_task("purge", total=len(names))
+        for name in names:
+            counts[name] = app.broker.purge(name)
+            bar.advance(job)
+    if as_json or json_mode():
         emit_json(counts)
     else:
         for name, n in counts.items():
-            out.print(f"purged {n} messages from {safe(name)}")
+            out.print(f"purged {n} messages from {visible(name)}", markup=False)
 
 
 COMMANDS = [queues, purge]

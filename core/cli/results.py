@@ -7,14 +7,23 @@ from typing import Any
 import click
 from rich.text import Text
 
-from conveyor.cli.common import app_from, app_option, json_option, pass_state
-from conveyor.cli.output import add_row, emit_json, fail, fields, out, table, visible, when
+from conveyor.cli.common import app_from, common_options, pass_state
+from conveyor.cli.output import (
+    add_row,
+    emit_json,
+    fail,
+    fields,
+    json_mode,
+    out,
+    table,
+    visible,
+    when,
+)
 
 
 @click.command()
 @click.argument("task_id")
-@app_option
-@json_option
+@common_options
 @pass_state
 def result(state: dict[str, Any], task_id: str, app_path: str | None, as_json: bool) -> None:
     """Show a task's state, retries, attempt history and traceback."""
@@ -27,7 +36,7 @@ def result(state: dict[str, Any], task_id: str, app_path: str | None, as_json: b
     value: Any = None
     if record.state == "SUCCESS":
         value = res.result
-    if as_json:
+    if as_json or json_mode():
         from dataclasses import asdict
 
         data = asdict(record)

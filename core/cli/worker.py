@@ -6,15 +6,17 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 import click
 
-from conveyor.cli.common import app_from, app_option, pass_state, queues_option, split_queues
+from conveyor.cli.common import app_from, pass_state, queues_option, split_queues, url_options
+from conveyor.cli.output import visible
 
 
 @click.command()
-@app_option
+@url_options
 @queues_option()
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), default=None,
               help="Threads (threads pool) or processes (processes pool).")
@@ -29,8 +31,10 @@ def worker(state: dict[str, Any], app_path: str | None, queues: str | None,
            concurrency: int | None, pool: str | None, threads_per_process: int,
            prefetch_multiplier: int | None, hostname: str | None, loglevel: str) -> None:
     """Run a worker: reserve tasks from QUEUES and run them."""
-    logging.basicConfig(level=loglevel.upper(), stream=sys.stderr,
-                        format="[%(asctime)s %(levelname)s %(processName)s] %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(VisibleFormatter(
+        "[%(asctime)s %(levelname)s %(processName)s] %(message)s"))
+    logging.basicConfig(level=loglevel.upper(), handlers=[handler])
     app = app_from(state, app_path)
     pool = pool or app.conf.worker_pool
     names = split_queues(queues, app)
@@ -50,7 +54,8 @@ def worker(state: dict[str, Any], app_path: str | None, queues: str | None,
         sys.exit(Supervisor([*prefix, *child],
                             processes=concurrency or app.conf.worker_concurrency).run())
 
-    from conveyor.worker.consumer import Consumer
+    from conveyor.worker.consumer import RECYCLE, Consumer
+    from conveyor.worker.limits import reexec
 
     consumer = Consumer(app, queues=names, concurrency=concurrency,
                         prefetch_multiplier=prefetch_multiplier, hostname=hostname)
@@ -67,10 +72,29 @@ def worker(state: dict[str, Any], app_path: str | None, queues: str | None,
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    started = time.monotonic()
     code = consumer.run()
-    logging.getLogger("conveyor.worker").info("worker stopped after %d messages",
-                                              consumer.processed)
+    logging.getLogger("conveyor.worker").info("%s", drain_summary(
+        consumer.processed, failed=consumer.runner.failed,
+        retried=getattr(consumer.runner, "retried", 0), seconds=time.monotonic() - started))
+    if code == RECYCLE:  # a thread is stuck past a hard time limit: start afresh
+        reexec()
     sys.exit(code)
+
+
+def drain_summary(processed: int, *, failed: int, retried: int, seconds: float) -> str:
+    """The worker's last line: what it did and how fast."""
+    rate = processed / seconds if seconds > 0 else 0.0
+    return (f"worker stopped: {processed} messages processed ({failed} failed, "
+            f"{retried} retried) in {seconds:.1f} s, {rate:.1f}/s")
+
+
+class VisibleFormatter(logging.Formatter):
+    """Log lines with control characters made visible: task names and ids in them are
+    untrusted, and could otherwise restyle or rewrite the operator's terminal."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        return visible(super().formatMessage(record))
 
 
 COMMANDS = [worker]

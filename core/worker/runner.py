@@ -306,7 +306,8 @@ class TaskRunner:
 
     def _replace(self, job: Job, sig: Any) -> None:
         """``self.replace(sig)``: send ``sig`` under this task's id with its follow-ups."""
-        followups = canvas.replaced(self.app, job.msg, sig, self._reliably)
+        followups = canvas.replaced(self.app, job.msg, sig, self._reliably,
+                                    queue=job.res.queue)
         self._reliably(lambda: self.app.enqueue(followups))
         self._ack(job.res)
 
