@@ -50,7 +50,8 @@ class SQLBroker(Broker):
     On PostgreSQL a waiting ``reserve`` wakes on ``NOTIFY`` within milliseconds.
     """
 
-    capabilities: ClassVar[BrokerCapabilities] = BrokerCapabilities(time_resolution=0.001)
+    capabilities: ClassVar[BrokerCapabilities] = BrokerCapabilities(time_resolution=0.001,
+                                                                    priorities=True)
 
     def __init__(self, url: URL, *, table_prefix: str = "conveyor_",
                  poll_interval: float = 0.2, pool_size: int = 10, **options: Any) -> None:
@@ -61,19 +62,21 @@ class SQLBroker(Broker):
         self._dead = self._db.tables.dead
 
     # -- producing ------------------------------------------------------------------------
-    def enqueue(self, queue: str, message: bytes, *, delay: float = 0.0) -> str:
+    def enqueue(self, queue: str, message: bytes, *, delay: float = 0.0,
+                priority: int = 0) -> str:
         """Insert one message; durable (committed) when it returns."""
-        return self.enqueue_many(queue, [message], delay=delay)[0]
+        return self.enqueue_many(queue, [message], delay=delay, priority=priority)[0]
 
     def enqueue_many(self, queue: str, messages: Sequence[bytes], *,
-                     delay: float = 0.0) -> list[str]:
+                     delay: float = 0.0, priority: int = 0) -> list[str]:
         """Insert all messages in one transaction: all are stored or none."""
         if not messages:
             return []
         ids = _new_ids(len(messages))
         now = self._db.now()
         stmt = self._t.insert().values(available_at=now + max(float(delay), 0.0),
-                                       enqueued_at=now, attempts=0)
+                                       enqueued_at=now, attempts=0,
+                                       precedence=9 - priority)
         rows = [{"id": i, "queue": queue, "body": bytes(m)}
                 for i, m in zip(ids, messages, strict=True)]
         with self._db.begin(single=len(rows) == 1) as conn:
@@ -120,7 +123,7 @@ class SQLBroker(Broker):
                 if want <= 0:
                     break
                 pick = (sa.select(t.c.id).where(t.c.queue == queue, t.c.available_at <= now)
-                        .order_by(t.c.available_at, t.c.id).limit(want)
+                        .order_by(t.c.precedence, t.c.available_at, t.c.id).limit(want)
                         .with_for_update(skip_locked=True))
                 claim = t.update().values(available_at=now + lease, lease_token=token,
                                           attempts=t.c.attempts + 1)
@@ -132,8 +135,11 @@ class SQLBroker(Broker):
                     got = [(r.id, r.body, r.attempts + 1) for r in rows]
                 else:
                     done = conn.execute(claim.where(t.c.id.in_(pick.scalar_subquery()))
-                                        .returning(t.c.id, t.c.body, t.c.attempts)).all()
-                    got = sorted((r.id, r.body, r.attempts) for r in done)
+                                        .returning(t.c.id, t.c.body, t.c.attempts,
+                                                   t.c.precedence)).all()
+                    # RETURNING has no order: restore the claim's (ids sort by send time).
+                    got = [(r.id, r.body, r.attempts)
+                           for r in sorted(done, key=lambda r: (r.precedence, r.id))]
                 taken += [Reservation(queue, mid, bytes(body), attempts, receipt=token)
                           for mid, body, attempts in got]
         return taken

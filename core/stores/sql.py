@@ -2,8 +2,10 @@
 
 Tables (``<p>`` is the ``table_prefix``, ``conveyor_`` by default)::
 
-    <p>messages  id, queue, body, available_at, lease_token, attempts, enqueued_at
-                 index (queue, available_at, id): the claim reads it in order
+    <p>messages  id, queue, body, available_at, lease_token, attempts, enqueued_at,
+                 precedence (9 - priority: 0 is served first, so one ascending index orders
+                 the claim on every dialect)
+                 index (queue, precedence, available_at, id): the claim reads it in order
     <p>dead      id, queue, body, reason, dead_at
     <p>results   task_id, state, data, expires_at, updated_at
     <p>joins     key, member, expires_at: the sets of ``ResultBackend.join``; a head row
@@ -44,7 +46,8 @@ from conveyor.registry import require
 from conveyor.url import URL
 
 _PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
-SCHEMA_VERSION = 1
+#: v2: ``messages.precedence`` (priorities) and the claim index that orders by it.
+SCHEMA_VERSION = 2
 _TABLES_OF = {"broker": ("messages", "dead"), "backend": ("results", "joins", "entries")}
 _CLIENT_FOR = {"postgresql": ("psycopg", "postgres"), "mysql": ("pymysql", "mysql"),
                "mariadb": ("pymysql", "mysql")}
@@ -116,7 +119,8 @@ def build_tables(prefix: str) -> Tables:
         sa.Column("lease_token", sa.String(32), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("enqueued_at", sa.Double(), nullable=False),
-        sa.Index(f"{prefix}messages_claim", "queue", "available_at", "id"),
+        sa.Column("precedence", sa.SmallInteger(), nullable=False, server_default="9"),
+        sa.Index(f"{prefix}messages_ranked", "queue", "precedence", "available_at", "id"),
     )
     dead = sa.Table(
         f"{prefix}dead", md,
@@ -543,6 +547,30 @@ class SQLStore:
             raise ConfigurationError(
                 f"{self.url.masked}: the {self.prefix}* tables have schema version {found}, "
                 f"newer than this conveyor knows ({SCHEMA_VERSION}); upgrade conveyor")
+        elif found < SCHEMA_VERSION:
+            if self.component == "broker" and found < 2:
+                self._add_precedence()
+            with self.engine.begin() as conn:
+                conn.execute(table.update().where(table.c.component == self.component)
+                             .values(version=SCHEMA_VERSION))
+
+    def _add_precedence(self) -> None:
+        """Migrate v1 -> v2: the ``precedence`` column and its claim index (idempotent, safe
+        when several processes migrate at once)."""
+        t = self.tables.messages
+        with self.engine.begin() as conn:
+            columns = {c["name"] for c in sa.inspect(conn).get_columns(t.name)}
+        if "precedence" not in columns:
+            # The table name is a validated identifier (see _PREFIX).
+            with contextlib.suppress(sa_exc.DBAPIError), self.engine.begin() as conn:
+                conn.execute(sa.text(f"ALTER TABLE {t.name} ADD COLUMN precedence SMALLINT "
+                                     "NOT NULL DEFAULT 9"))
+        for index in t.indexes:
+            with contextlib.suppress(sa_exc.DBAPIError):
+                index.create(self.engine)
+        old = sa.Index(f"{self.prefix}messages_claim", t.c.queue, t.c.available_at, t.c.id)
+        with contextlib.suppress(sa_exc.DBAPIError):
+            old.drop(self.engine)
 
     def info(self) -> dict[str, str]:
         """Facts for ``conveyor check``: dialect, table prefix and the recorded schema version

@@ -22,7 +22,7 @@ except ImportError as exc:  # pragma: no cover - pytest is installed wherever te
 # test would only say "AssertionError".
 pytest.register_assert_rewrite(
     "conveyor.testing.backend", "conveyor.testing.broker", "conveyor.testing.broker_admin",
-    "conveyor.testing.coordination")
+    "conveyor.testing.coordination", "conveyor.testing.priority")
 
 from conveyor.testing.backend import (  # noqa: E402 - after register_assert_rewrite
     BackendConcurrencyContract,
@@ -47,6 +47,7 @@ from conveyor.testing.broker_admin import (  # noqa: E402
     BrokerDeadLetterContract,
 )
 from conveyor.testing.coordination import BackendCoordinationContract  # noqa: E402
+from conveyor.testing.priority import BrokerPriorityContract  # noqa: E402
 
 __all__ = [
     "BackendConcurrencyContract",
@@ -64,6 +65,7 @@ __all__ = [
     "BrokerEnqueueReserveContract",
     "BrokerFixtures",
     "BrokerLeaseContract",
+    "BrokerPriorityContract",
     "BrokerTimings",
     "ResultBackendContract",
     "reserve_count",
@@ -78,6 +80,7 @@ class BrokerContract(
     BrokerDeadLetterContract,
     BrokerAdminContract,
     BrokerConcurrencyContract,
+    BrokerPriorityContract,
 ):
     """Every broker guarantee. Subclass it in a ``Test*`` class and provide ``broker_url``."""
 

@@ -134,3 +134,15 @@ class TimeLimits:
                 except Exception:
                     log.exception("could not record the time limit of %s; it will be "
                                   "redelivered", w.job.msg.id)
+
+
+def reexec() -> None:
+    """Replace this process with a fresh ``python -m conveyor`` run with the same arguments
+    (same pid: a supervisor or process manager watching it sees the same process)."""
+    import os
+    import sys
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "conveyor", *sys.argv[1:]])

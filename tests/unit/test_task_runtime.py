@@ -448,3 +448,33 @@ def test_registry_entry_inspect_and_control_commands(app: Conveyor, worker: Cons
     app.control.shutdown()
     _wait(worker._stop.is_set, timeout=5)
     assert control_queue(worker.hostname).startswith("conveyor-control-")
+
+
+def test_sql_broker_migrates_a_v1_table_to_priorities(tmp_path: Any) -> None:
+    import sqlalchemy as sa
+
+    from conveyor.registry import broker_from_url
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # the v1 schema, as an older conveyor created it
+        conn.execute(sa.text(
+            "CREATE TABLE conveyor_messages (id VARCHAR(40) PRIMARY KEY, queue VARCHAR(255) "
+            "NOT NULL, body BLOB NOT NULL, available_at FLOAT NOT NULL, lease_token "
+            "VARCHAR(32), attempts INTEGER NOT NULL, enqueued_at FLOAT NOT NULL)"))
+        conn.execute(sa.text("CREATE INDEX conveyor_messages_claim ON conveyor_messages "
+                             "(queue, available_at, id)"))
+        conn.execute(sa.text("INSERT INTO conveyor_messages VALUES ('0', 'q', x'6f6c64', 0, "
+                             "NULL, 0, 0)"))
+        conn.execute(sa.text("CREATE TABLE conveyor_schema (component VARCHAR(32) PRIMARY KEY,"
+                             " version INTEGER NOT NULL)"))
+        conn.execute(sa.text("INSERT INTO conveyor_schema VALUES ('broker', 1)"))
+    broker = broker_from_url(url)
+    try:
+        broker.enqueue("q", b"new", priority=9)  # type: ignore[call-arg]
+        got = broker.reserve(["q"], lease=5, limit=2)
+        assert [r.body for r in got] == [b"new", b"old"]
+        assert broker.info()["schema"] == "v2 (current)"
+    finally:
+        broker.close()
+        engine.dispose()
