@@ -17,7 +17,8 @@ from typing import Any
 
 from conveyor.exceptions import ConfigurationError, MessageDecodeError, SerializationError
 
-_SIGNED_PREFIX = b"conveyor-hmac1:"
+#: How a signed message body starts.
+SIGNED_PREFIX = b"conveyor-hmac1:"
 
 
 #: One encoder for every message and record: json.dumps() with options builds a new one per
@@ -115,15 +116,15 @@ class Signer:
         if not self._key:
             return body
         digest = hmac.new(self._key, body, hashlib.sha256).hexdigest().encode()
-        return _SIGNED_PREFIX + digest + b":" + body
+        return SIGNED_PREFIX + digest + b":" + body
 
     def verify(self, data: bytes) -> bytes:
         """Return the signed body; raise :class:`MessageDecodeError` if unsigned or forged."""
         if not self._key:
-            if data.startswith(_SIGNED_PREFIX):
+            if data.startswith(SIGNED_PREFIX):
                 data = data.split(b":", 2)[2]
             return data
-        if not data.startswith(_SIGNED_PREFIX):
+        if not data.startswith(SIGNED_PREFIX):
             raise MessageDecodeError("message is not signed but task_signing_key is set")
         try:
             _, digest, body = data.split(b":", 2)

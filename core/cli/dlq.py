@@ -23,6 +23,7 @@ from conveyor.cli.output import (
     json_mode,
     out,
     progress,
+    safe,
     table,
     visible,
     when,
@@ -140,11 +141,13 @@ def dlq_replay(state: dict[str, Any], ids: tuple[str, ...], app_path: str | None
     letters = _find_dead(app, split_queues(queue, app)[0], ids)
     with progress(total=len(letters), description="replaying") as bar:
         job = bar.add_task("replay", total=len(letters))
-        count = replay(app, letters, progress=lambda: bar.advance(job))
+        report = replay(app, letters, progress=lambda: bar.advance(job))
     if as_json or json_mode():
-        emit_json({"replayed": count})
+        emit_json(report.to_json())
     else:
-        out.print(f"replayed {count} dead letters")
+        out.print(f"replayed {report.replayed} dead letters")
+        for skipped in report.skipped:
+            out.print(f"skipped {safe(skipped.letter.message_id)}: {safe(skipped.reason)}")
 
 
 @dlq.command("purge")

@@ -223,7 +223,7 @@ def test_dlq_replay_runs_the_task_again_keeping_its_history(
     with pytest.raises(ValueError, match="boom"):
         result.get(timeout=30)
     wait_until(lambda: len(app.broker.dead_letters(queue)) == 1, timeout=10, what="dead letter")
-    assert replay(app, app.broker.dead_letters(queue)) == 1
+    assert replay(app, app.broker.dead_letters(queue)).replayed == 1
     wait_until(lambda: len(app.AsyncResult(result.id).attempts) == 8, timeout=30,
                what="four more attempts after the replay")
     again = app.AsyncResult(result.id)
