@@ -104,16 +104,18 @@ def reissue(app: Conveyor, msg: Message, record: StoredRecord | None,
     return after_failure(app, msg, error, rec.traceback, reliably)
 
 
-def replaced(app: Conveyor, msg: Message, sig: Any, reliably: Reliably) -> list[Outgoing]:
+def replaced(app: Conveyor, msg: Message, sig: Any, reliably: Reliably, *,
+             queue: str | None = None) -> list[Outgoing]:
     """The messages of ``self.replace(sig)``: ``sig`` runs under the replaced task's id
-    (its result becomes the task's) and inherits what was to follow the task."""
+    (its result becomes the task's) and inherits what was to follow the task; its tasks
+    default to ``queue`` (the replaced task's)."""
     from conveyor.canvas.engine import freeze, leaves, push_down
     from conveyor.canvas.signature import Signature
 
     if not isinstance(sig, Signature):
         raise TypeError(f"replace() needs a signature, got {type(sig).__name__}")
     sig = sig.clone().bind(app)
-    push_down(sig, app.conf.task_default_queue)
+    push_down(sig, queue or app.conf.task_default_queue)
     freeze(sig, msg.id)
     node = sig.to_dict()
     canvas = _canvas(msg)

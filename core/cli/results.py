@@ -7,6 +7,7 @@ from typing import Any
 import click
 from rich.text import Text
 
+from conveyor.canvas.tree import render, workflow
 from conveyor.cli.common import app_from, common_options, pass_state
 from conveyor.cli.output import (
     add_row,
@@ -41,6 +42,7 @@ def result(state: dict[str, Any], task_id: str, app_path: str | None, as_json: b
 
         data = asdict(record)
         data["result"] = value
+        data["workflow"] = workflow(app, task_id)
         emit_json(data)
         return
     out.print(fields((
@@ -59,6 +61,8 @@ def result(state: dict[str, Any], task_id: str, app_path: str | None, as_json: b
                     f"{a.get('error_type')}: {a.get('error_message')}"
                     if a.get("error_type") else "")
         out.print(attempts)
+    for line in render(workflow(app, task_id)):
+        out.print(Text(visible(line)))
     if record.traceback:
         out.print(_traceback(record.traceback))
 

@@ -49,3 +49,59 @@ def flaky_until(marker: str, failures: int) -> int:
     if count < failures:
         raise KeyError(f"attempt {count + 1}")
     return count + 1
+
+
+import canvas_tasks  # noqa: E402, F401 - registers the canvas tests' tasks on this app
+
+
+# -- the task runtime (tests/e2e/test_runtime.py) ---------------------------------------------
+@app.task(soft_time_limit=0.5)
+def soft_limited() -> str:
+    from conveyor.exceptions import SoftTimeLimitExceeded
+
+    try:
+        for _ in range(1000):
+            time.sleep(0.01)
+    except SoftTimeLimitExceeded:
+        return "cleaned up"
+    return "never limited"
+
+
+@app.task(time_limit=1.0)
+def stuck(marker: str) -> None:
+    """Blocks in one long C call: only the hard limit can end it."""
+    Path(marker).write_text(str(os.getpid()))
+    time.sleep(60)
+
+
+@app.task(rate_limit="10/s")
+def limited() -> float:
+    return time.time()
+
+
+@app.task
+def ranked(tag: str) -> float:
+    time.sleep(0.05)
+    return time.time()
+
+
+@app.task(bind=True)
+def reports_progress(self, marker: str) -> str:  # type: ignore[no-untyped-def]
+    self.update_state(state="PROGRESS", meta={"step": 1})
+    path = Path(marker)
+    while not path.exists():
+        time.sleep(0.05)
+    return "done"
+
+
+def _log_signal(signal: object, sender: object, **kw: object) -> None:
+    with open(os.environ["CONVEYOR_E2E_SIGNAL_LOG"], "a") as log:
+        log.write(f"{getattr(signal, 'name', signal)}\n")
+
+
+if os.environ.get("CONVEYOR_E2E_SIGNAL_LOG"):
+    from conveyor import signals as _signals
+
+    for _sig in (_signals.worker_process_init, _signals.worker_ready, _signals.task_prerun,
+                 _signals.task_success, _signals.task_postrun, _signals.worker_shutdown):
+        _sig.connect(_log_signal)

@@ -284,6 +284,24 @@ def test_duplicate_of_a_finished_chord_member_reissues_the_join_once(
     assert reissue(members[1]) == [flow.body.id]  # re-sent under the same id: runs once
 
 
+def test_workflow_tree_shows_parents_and_chord_progress(app: Conveyor, t: Any,
+                                                       worker: Consumer) -> None:
+    from conveyor.canvas.tree import render, workflow
+
+    result = chain(t.add.s(1, 1), chord([t.add.s(1), t.fail.s()], t.total.s()))()
+    with pytest.raises(ChordError):
+        result.get(timeout=10)
+    header = result.parent
+    tree = workflow(app, header.results[1].id)
+    assert tree["parents"][0]["id"] == header.parent.id
+    chord_info = tree["chord"]
+    assert (chord_info["done"], chord_info["size"]) == (2, 2)
+    assert chord_info["failed"] == [header.results[1].id]
+    assert chord_info["body"] == result.id and chord_info["body_state"] == "FAILURE"
+    lines = render(tree)
+    assert any("2 of 2 header tasks done, 1 failed" in line for line in lines)
+
+
 # -- eager --------------------------------------------------------------------------------------
 def test_apply_runs_here_and_returns_an_eager_result(t: Any) -> None:
     assert t.add.apply((1, 2)).get() == 3
