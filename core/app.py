@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from conveyor import signals
+from conveyor import signals, timing
 from conveyor.backend import StoredRecord
 from conveyor.config import Settings
 from conveyor.exceptions import ConveyorError, TaskOptionError
@@ -158,7 +158,8 @@ class Conveyor:
             accept = list(self.conf.accept_content)
             self._codecs = (Codec(serializer=self.conf.task_serializer, accept=accept),
                             Codec(serializer=self.conf.result_serializer, accept=accept),
-                            Signer(self.conf.task_signing_key))
+                            Signer(self.conf.task_signing_key,
+                                   max_age=self.conf.task_signing_max_age))
         return self._codecs
 
     @property
@@ -261,36 +262,23 @@ class Conveyor:
     # -- sending --------------------------------------------------------------------------
     def build_message(self, name: str, args: Iterable[Any] | None = None,
                       kwargs: dict[str, Any] | None = None, *,
-                      countdown: float | None = None, eta: datetime | float | None = None,
-                      expires: datetime | float | None = None, queue: str | None = None,
+                      countdown: float | None = None,
+                      eta: datetime | str | float | None = None,
+                      expires: datetime | str | float | None = None, queue: str | None = None,
                       task_id: str | None = None, max_retries: int | None = None,
                       priority: int | None = None, **extra: Any) -> Outgoing:
         """Validate options and encode arguments into an :class:`Outgoing` message.
 
+        ``countdown``: seconds to wait; ``eta``: when to run (a datetime, naive meaning local
+        time, an ISO 8601 string, or epoch seconds); ``expires``: seconds from now or a point
+        in time (see :mod:`conveyor.timing`).
+
         Raises :class:`TaskOptionError` or :class:`SerializationError`; sends nothing.
         """
         now = time.time()
-        if countdown is not None and eta is not None:
-            raise TaskOptionError("give countdown or eta, not both")
-        if countdown is not None:
-            if countdown < 0:
-                raise TaskOptionError(f"countdown={countdown} is negative: give the number of "
-                                      "seconds to wait, 0 or more")
-            due: float | None = now + float(countdown)
-        elif eta is not None:
-            due = to_timestamp(eta)
-            if due < now - CLOCK_SKEW:
-                raise TaskOptionError(f"eta {eta} is in the past: use countdown=0 to run now")
-        else:
-            due = None
-        expires_at: float | None = None
-        if expires is not None:
-            expires_at = (to_timestamp(expires) if isinstance(expires, datetime)
-                          else now + float(expires))
-            if expires_at < now - CLOCK_SKEW or (
-                    not isinstance(expires, datetime) and float(expires) <= 0):
-                raise TaskOptionError(f"expires {expires} is in the past: the task would never "
-                                      "run; give seconds from now or a future datetime")
+        # Checked here, once per message: a wrong type is a one-line error naming it.
+        due = timing.due(countdown, eta, now)
+        expires_at = timing.expiry(expires, now)
         if (queue is None or priority is None) and self.conf.task_routes is not None:
             from conveyor.routing import route
 

@@ -189,18 +189,21 @@ class Task(Generic[P, R]):
 
     def apply_async(self, args: Iterable[Any] | None = None,
                     kwargs: dict[str, Any] | None = None, *,
-                    countdown: float | None = None, eta: datetime | float | None = None,
-                    expires: datetime | float | None = None, queue: str | None = None,
+                    countdown: float | None = None,
+                    eta: datetime | str | float | None = None,
+                    expires: datetime | str | float | None = None, queue: str | None = None,
                     task_id: str | None = None, max_retries: int | None = None,
                     priority: int | None = None, link: Any = None,
                     link_error: Any = None) -> AsyncResult:
-        """Send the task. ``countdown``: seconds from now; ``eta``: a datetime or epoch
-        seconds; ``expires``: seconds from now or a datetime after which it is not run.
+        """Send the task. ``countdown``: seconds from now (a number); ``eta``: a datetime
+        (naive means local time), an ISO 8601 string or epoch seconds; ``expires``: seconds
+        from now or a point in time after which it is not run (see :mod:`conveyor.timing`).
         ``link`` / ``link_error``: a signature or a list of them, run with the result /
         on failure (see :meth:`Signature.link`).
 
-        Raises :class:`~conveyor.exceptions.TaskOptionError` for a negative countdown or an
-        eta/expires in the past and :class:`~conveyor.exceptions.SerializationError` for
+        Raises :class:`~conveyor.exceptions.TaskOptionError` (one line naming the argument) for
+        a countdown that is no number or negative, an eta/expires of the wrong type or in the
+        past, and :class:`~conveyor.exceptions.SerializationError` for
         arguments that cannot be encoded, before anything is sent.
         """
         if link is not None or link_error is not None or self.app.conf.task_always_eager:
@@ -284,12 +287,12 @@ class Task(Generic[P, R]):
                 raise exc
             raise MaxRetriesExceededError(
                 f"{self.name}[{req.id}] retried {req.retries} times, max_retries={limit}")
-        if eta is not None:
-            from conveyor.app import to_timestamp
+        from conveyor import timing
 
-            delay = max(0.0, to_timestamp(eta) - time.time())
+        if eta is not None:
+            delay = max(0.0, timing.timestamp("eta", eta) - time.time())
         elif countdown is not None:
-            delay = float(countdown)
+            delay = timing.seconds("countdown", countdown)
         else:
             delay = self.backoff_delay(req.retries)
         raise Retry(exc=exc, when=delay, max_retries=max_retries)
