@@ -30,6 +30,9 @@ class Settings:
     result_serializer: str = "json"
     accept_content: list[str] = field(default_factory=lambda: ["json"])
     task_signing_key: str | None = None
+    #: With signing: refuse (dead-letter) a signed message more than this many seconds older
+    #: than its signature or its eta, so a captured message cannot be replayed later.
+    task_signing_max_age: float | None = None
     #: How long records live in the backend; None keeps them forever.
     result_expires: float | None = 86400.0
     #: Write a PENDING record at send time, so a queued task is told apart from an unknown id.

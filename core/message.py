@@ -84,9 +84,11 @@ class Message:
         return signer.sign(dumps_json(data))
 
     @classmethod
-    def decode(cls, data: bytes, signer: Signer) -> Message:
-        """Parse wire bytes; raises :class:`MessageDecodeError` saying what is wrong."""
-        body = signer.verify(data)
+    def decode(cls, data: bytes, signer: Signer, *, check_age: bool = True) -> Message:
+        """Parse wire bytes; raises :class:`MessageDecodeError` saying what is wrong (also
+        for a signed message older than the signer's ``max_age``, unless ``check_age`` is
+        False)."""
+        body, signed_at = signer.open(data)
         raw = loads_json(body)
         if not isinstance(raw, dict):
             raise MessageDecodeError("message is not a JSON object")
@@ -99,6 +101,8 @@ class Message:
             raise MessageDecodeError(f"message has unexpected fields: {exc}") from exc
         if not isinstance(msg.id, str) or not isinstance(msg.task, str):
             raise MessageDecodeError("message lacks a string 'id' or 'task'")
+        if check_age:
+            signer.check_age(signed_at, msg.eta if isinstance(msg.eta, int | float) else None)
         return msg
 
     def arguments(self, codec: Codec) -> tuple[list[Any], dict[str, Any]]:

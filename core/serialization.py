@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import pickle
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -101,36 +102,67 @@ class Codec:
 
 
 class Signer:
-    """HMAC-SHA256 signing of message bytes. With no key, messages pass through unchanged."""
+    """HMAC-SHA256 signing of message bytes. With no key, messages pass through unchanged.
 
-    def __init__(self, key: str | bytes | None) -> None:
+    A signed message reads ``conveyor-hmac1:<hex digest>.<signing time>:<body>``; the digest
+    covers the signing time and the body, so neither can be changed without the key. With
+    ``max_age``, :meth:`check_age` refuses a message signed (or due, by its eta) longer ago.
+    """
+
+    def __init__(self, key: str | bytes | None, *, max_age: float | None = None) -> None:
         self._key = key.encode() if isinstance(key, str) else key
+        if max_age is not None and max_age <= 0:
+            raise ConfigurationError(f"task_signing_max_age must be positive seconds (or "
+                                     f"None), not {max_age!r}")
+        self.max_age = max_age
 
     @property
     def enabled(self) -> bool:
         """True when a signing key is configured."""
         return bool(self._key)
 
+    def _digest(self, signed: bytes) -> bytes:
+        assert self._key
+        return hmac.new(self._key, signed, hashlib.sha256).hexdigest().encode()
+
     def sign(self, body: bytes) -> bytes:
-        """Prefix ``body`` with its signature (unchanged when signing is off)."""
+        """Prefix ``body`` with its signature and signing time (unchanged when signing is
+        off)."""
         if not self._key:
             return body
-        digest = hmac.new(self._key, body, hashlib.sha256).hexdigest().encode()
-        return SIGNED_PREFIX + digest + b":" + body
+        stamp = repr(time.time()).encode()
+        return SIGNED_PREFIX + self._digest(stamp + b"." + body) + b"." + stamp + b":" + body
 
     def verify(self, data: bytes) -> bytes:
         """Return the signed body; raise :class:`MessageDecodeError` if unsigned or forged."""
+        return self.open(data)[0]
+
+    def open(self, data: bytes) -> tuple[bytes, float | None]:
+        """``(body, signing time)`` of a signed message, verified as :meth:`verify` does
+        (the time is None when signing is off)."""
         if not self._key:
             if data.startswith(SIGNED_PREFIX):
                 data = data.split(b":", 2)[2]
-            return data
+            return data, None
         if not data.startswith(SIGNED_PREFIX):
             raise MessageDecodeError("message is not signed but task_signing_key is set")
         try:
-            _, digest, body = data.split(b":", 2)
+            _, seal, body = data.split(b":", 2)
+            digest, stamp = seal.split(b".", 1)
+            signed_at = float(stamp)
         except ValueError as exc:
             raise MessageDecodeError("malformed signed message") from exc
-        expected = hmac.new(self._key, body, hashlib.sha256).hexdigest().encode()
-        if not hmac.compare_digest(digest, expected):
+        if not hmac.compare_digest(digest, self._digest(stamp + b"." + body)):
             raise MessageDecodeError("message signature does not verify (forged or wrong key)")
-        return body
+        return body, signed_at
+
+    def check_age(self, signed_at: float | None, eta: float | None = None) -> None:
+        """Raise :class:`MessageDecodeError` when a signed message is older than ``max_age``
+        counted from its signing time, or from its eta when that is later."""
+        if self.max_age is None or not self._key or signed_at is None:
+            return
+        age = time.time() - max(signed_at, eta or 0.0)
+        if age > self.max_age:
+            raise MessageDecodeError(
+                f"signed message is {age:.0f}s old, over task_signing_max_age="
+                f"{self.max_age:g}s (a replayed capture, or a message that waited too long)")
