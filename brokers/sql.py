@@ -72,6 +72,7 @@ class SQLBroker(Broker):
         """Insert all messages in one transaction: all are stored or none."""
         if not messages:
             return []
+        self._db.check_queue_name(queue)
         ids = _new_ids(len(messages))
         now = self._db.now()
         stmt = self._t.insert().values(available_at=now + max(float(delay), 0.0),
@@ -96,6 +97,8 @@ class SQLBroker(Broker):
         """
         if isinstance(queues, str):
             queues = [queues]
+        for queue in queues:
+            self._db.check_queue_name(queue)
         deadline = time.monotonic() + max(wait, 0.0)
         pause = backoff(0.01, self.poll_interval)
         listener = self._db.listener("messages") if wait > 0 else None

@@ -516,6 +516,15 @@ class SQLStore:
             with conn.begin():
                 yield conn
 
+    def check_queue_name(self, queue: str) -> None:
+        """Raise :class:`ValueRefusedError` for a queue name this database cannot tell apart
+        from another: MySQL/MariaDB compare ``'q '`` and ``'q'`` as equal (PAD SPACE)."""
+        if self.dialect == "mysql" and queue.endswith(" "):
+            raise ValueRefusedError(
+                f"queue name {queue!r} ends with a space; MySQL/MariaDB would take it for "
+                f"{queue.rstrip(' ')!r} (trailing spaces are ignored in comparisons): remove "
+                "the trailing spaces")
+
     def ensure_schema(self) -> None:
         """Create this component's tables if missing and record the schema version."""
         with self._lock:
