@@ -331,7 +331,7 @@ class Conveyor:
                 extra += f',"group":{q(msg.group)}'
             data = (f'{{"task_id":{q(msg.id)},"state":"PENDING","task":{q(msg.task)},'
                     f'"queue":{q(o.queue)},"updated_at":{msg.sent_at!r}{extra}}}')
-            records.append(StoredRecord(msg.id, "PENDING", data.encode()))
+            records.append(StoredRecord(msg.id, "PENDING", data.encode(), msg.task, o.queue))
         return records
 
     @property
@@ -340,8 +340,9 @@ class Conveyor:
         if self._pending is None:
             with self._lock:
                 if self._pending is None:
-                    self._pending = PendingWriter(lambda: self.backend,
-                                                  ttl=lambda: self.conf.result_expires)
+                    self._pending = PendingWriter(
+                        lambda: self.backend, ttl=lambda: self.conf.result_expires,
+                        exit_timeout=lambda: self.conf.task_pending_exit_timeout)
         return self._pending
 
     def flush_pending(self) -> None:

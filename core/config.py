@@ -38,6 +38,9 @@ class Settings:
     #: Write a PENDING record at send time, so a queued task is told apart from an unknown id.
     task_store_pending: bool = True
     task_track_started: bool = True
+    #: The longest a producer's interpreter exit waits for PENDING records to be written
+    #: (seconds); what is still unwritten then is dropped, and logged once.
+    task_pending_exit_timeout: float = 3.0
     #: Ack after the outcome is stored (at-least-once). False acks before running (at-most-once).
     task_acks_late: bool = True
     task_default_max_retries: int | None = 3

@@ -29,6 +29,9 @@ BATCH = 1000
 #: Seconds the writer waits after the first record of a batch for more to arrive: at most
 #: one wake-up per LINGER, so the writer barely competes with the sending thread for the GIL.
 LINGER = 0.05
+#: Default of ``task_pending_exit_timeout``: the longest interpreter exit waits for PENDING
+#: records to be written.
+EXIT_TIMEOUT = 3.0
 
 
 class PendingWriter:
@@ -37,10 +40,17 @@ class PendingWriter:
     ``add`` never blocks on I/O; ``flush`` writes everything added so far before returning.
     """
 
-    def __init__(self, backend: Callable[[], ResultBackend], *, ttl: Callable[[], float | None]
-                 ) -> None:
+    def __init__(self, backend: Callable[[], ResultBackend], *, ttl: Callable[[], float | None],
+                 exit_timeout: Callable[[], float] = lambda: EXIT_TIMEOUT) -> None:
         self._backend = backend
         self._ttl = ttl
+        self._exit_timeout = exit_timeout
+        #: Records taken from the buffer and not yet written (for the exit report).
+        self._in_flight = 0
+        #: Records given up after retrying (for the exit report).
+        self._given_up = 0
+        #: At exit: when retrying a write stops (monotonic seconds).
+        self._deadline: float | None = None
         self._cond = threading.Condition()
         self._write_lock = threading.Lock()
         self._buffer: list[StoredRecord] = []
@@ -108,8 +118,17 @@ class PendingWriter:
     def _write(self, batch: list[StoredRecord]) -> None:
         if not batch:
             return
+        self._in_flight = len(batch)
+        try:
+            self._write_batch(batch)
+        finally:
+            self._in_flight = 0
+
+    def _write_batch(self, batch: list[StoredRecord]) -> None:
         pause = 0.05
         for _ in range(8):
+            if self._deadline is not None and time.monotonic() > self._deadline:
+                break
             try:
                 # A record the backend refuses (an id it cannot key) costs only its own
                 # PENDING: the rest of the batch is written.
@@ -126,8 +145,41 @@ class PendingWriter:
                 if isinstance(outcome, ValueRefusedError):
                     log.error("PENDING record of %.80r refused: %s", record.task_id, outcome)
             return
-        log.error("backend unavailable: %d PENDING records not written (the tasks still run "
-                  "and record their progress)", len(batch))
+        self._given_up += len(batch)
+        if self._deadline is None:      # at exit, flush_at_exit reports once for all
+            log.error("backend unavailable: %d PENDING records not written (the tasks still "
+                      "run and record their progress)", len(batch))
+
+    def flush_at_exit(self) -> None:
+        """Flush, waiting at most ``task_pending_exit_timeout`` seconds: a producer whose
+        backend is unreachable exits in bounded time, logging once how many PENDING records
+        it dropped (the tasks themselves were sent; only ``exists()`` from another process
+        reads False until a worker records them)."""
+        timeout = self._exit_timeout()
+        done = threading.Event()
+
+        def flush() -> None:
+            try:
+                self.flush()
+            except Exception as exc:  # at exit: report, never raise
+                log.error("could not flush PENDING records at exit: %s", exc)
+            finally:
+                done.set()
+
+        self._deadline = time.monotonic() + timeout
+        given_up = self._given_up
+        try:
+            threading.Thread(target=flush, name="conveyor-pending-exit", daemon=True).start()
+        except RuntimeError:
+            # Python 3.12+ starts no thread at exit: flush here, retries cut at the deadline.
+            flush()
+        done.wait(max(0.0, self._deadline - time.monotonic()))
+        lost = len(self._buffer) + self._in_flight + self._given_up - given_up
+        if lost:
+            log.error("exiting with %d PENDING records not written: the result backend did not "
+                      "answer within task_pending_exit_timeout=%gs (the tasks were sent and "
+                      "will run; until a worker records them, other processes read exists() "
+                      "== False)", lost, timeout)
 
 
 _LIVE: weakref.WeakSet[PendingWriter] = weakref.WeakSet()
@@ -136,7 +188,4 @@ _LIVE: weakref.WeakSet[PendingWriter] = weakref.WeakSet()
 @atexit.register
 def _flush_all() -> None:
     for writer in list(_LIVE):
-        try:
-            writer.flush()
-        except Exception as exc:  # at exit: report, never raise
-            log.error("could not flush PENDING records at exit: %s", exc)
+        writer.flush_at_exit()
