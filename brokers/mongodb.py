@@ -2,8 +2,8 @@
 
 Collections (prefix ``conveyor_`` by default; see :mod:`conveyor.stores.mongodb`)::
 
-    <p>messages  _id, queue, body, visible_at, token, attempts
-                 index (queue, visible_at, _id): the claim reads it in order
+    <p>messages  _id, queue, priority, body, visible_at, token, attempts
+                 index (queue, priority desc, visible_at, _id): the claim reads it in order
     <p>dead      _id (the message id), queue, body, reason, dead_at
                  index (queue, dead_at, _id)
 
@@ -34,9 +34,9 @@ from conveyor.url import URL
 
 _Indexes = list[tuple[list[tuple[str, int]], dict[str, Any]]]
 _MESSAGES: tuple[str, _Indexes] = (
-    "messages", [([("queue", 1), ("visible_at", 1), ("_id", 1)], {})])
+    "messages", [([("queue", 1), ("priority", -1), ("visible_at", 1), ("_id", 1)], {})])
 _DEAD: tuple[str, _Indexes] = ("dead", [([("queue", 1), ("dead_at", 1), ("_id", 1)], {})])
-_ORDER = [("visible_at", 1), ("_id", 1)]
+_ORDER = [("priority", -1), ("visible_at", 1), ("_id", 1)]
 _CHUNK = 500  # ids per $in list, reservations per delete
 _ID_LOCK = threading.Lock()
 _last_ns = 0
@@ -134,7 +134,10 @@ class MongoBroker(Broker):
     stream, default 0.2 s); anything else goes to ``pymongo.MongoClient``.
     """
 
-    capabilities: ClassVar[BrokerCapabilities] = BrokerCapabilities(time_resolution=0.001)
+    capabilities: ClassVar[BrokerCapabilities] = BrokerCapabilities(
+        time_resolution=0.001, priorities=True,
+        # BSON's 16 MiB document limit, less room for the other fields.
+        max_message_size=16_000_000)
 
     def __init__(self, url: URL, *, prefix: str | None = None, poll_interval: float = 0.2,
                  **options: Any) -> None:
@@ -157,12 +160,14 @@ class MongoBroker(Broker):
         return self._db.collection(*_DEAD)
 
     # -- producing ------------------------------------------------------------------------
-    def enqueue(self, queue: str, message: bytes, *, delay: float = 0.0) -> str:
-        """Insert one message; durable (as the URL's write concern says) when it returns."""
-        return self.enqueue_many(queue, [message], delay=delay)[0]
+    def enqueue(self, queue: str, message: bytes, *, delay: float = 0.0,
+                priority: int = 0) -> str:
+        """Insert one message; durable (as the URL's write concern says) when it returns.
+        Ready messages of a higher ``priority`` (0..9) are reserved first."""
+        return self.enqueue_many(queue, [message], delay=delay, priority=priority)[0]
 
     def enqueue_many(self, queue: str, messages: Sequence[bytes], *,
-                     delay: float = 0.0) -> list[str]:
+                     delay: float = 0.0, priority: int = 0) -> list[str]:
         """Insert the messages with one ``insert_many`` (batched by pymongo). Not atomic as
         a whole: on an error some may be stored, and the error is raised."""
         if not messages:
@@ -171,8 +176,9 @@ class MongoBroker(Broker):
         with self._errors:
             at = self._db.now() + max(float(delay), 0.0)
             self._messages.insert_many(
-                [{"_id": i, "queue": queue, "body": bytes(m), "visible_at": at, "token": None,
-                  "attempts": 0} for i, m in zip(ids, messages, strict=True)], ordered=True)
+                [{"_id": i, "queue": queue, "priority": int(priority), "body": bytes(m),
+                  "visible_at": at, "token": None, "attempts": 0}
+                 for i, m in zip(ids, messages, strict=True)], ordered=True)
         return ids
 
     # -- consuming ------------------------------------------------------------------------
@@ -226,8 +232,9 @@ class MongoBroker(Broker):
                            .limit(want)]
                     if ids and coll.update_many({"_id": {"$in": ids}, **ready},
                                                 claim).modified_count:
-                        docs = list(coll.find({"_id": {"$in": ids}, "token": token})
-                                    .sort("_id", 1))
+                        order = {mid: i for i, mid in enumerate(ids)}
+                        docs = sorted(coll.find({"_id": {"$in": ids}, "token": token}),
+                                      key=lambda d: order[d["_id"]])
                     if ids and not docs:
                         want = 1  # lost every race: take one the atomic way
                 if want == 1:

@@ -31,6 +31,7 @@ from conveyor.exceptions import (
     ConnectionLostError,
     DriverError,
     InvalidURLError,
+    ValueRefusedError,
 )
 from conveyor.registry import require
 from conveyor.url import URL
@@ -50,6 +51,9 @@ _PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 #: Server error codes that mean "your credentials or permissions are wrong": Unauthorized,
 #: AuthenticationFailed, UserNotFound, and Atlas's "bad auth".
 _AUTH_CODES = {13, 18, 11, 8000}
+#: Codes that refuse the value itself: BSONObjectTooLarge, a document or key too large,
+#: failed schema validation, out of disk space.
+_REFUSED_CODES = {10334, 17419, 17420, 17280, 121, 14031}
 _CLOCK_REFRESH = 60.0
 
 
@@ -84,10 +88,10 @@ class MongoErrors:
     Lost connections, server selection and network timeouts and a primary stepping down
     (``AutoReconnect`` and its family) become :class:`ConnectionLostError` (retryable);
     refused credentials and missing permissions become :class:`AuthenticationError`; a
-    value the server refuses (a document over 16 MiB, invalid BSON, a failed validation)
-    becomes a plain :class:`DriverError`, not retryable; a malformed URL becomes
-    :class:`InvalidURLError`. Messages name the server with its password masked.
-    Stateless, so one instance can guard every call of a driver.
+    value the server or pymongo refuses (a document over 16 MiB, invalid BSON, a failed
+    validation) becomes :class:`ValueRefusedError`, not retryable; a malformed URL becomes
+    :class:`InvalidURLError`; anything else :class:`DriverError`. Messages name the server
+    with its password masked. Stateless, so one instance can guard every call of a driver.
     """
 
     __slots__ = ("_where",)
@@ -115,6 +119,8 @@ class MongoErrors:
         code = getattr(exc, "code", None)
         if isinstance(exc, px.OperationFailure) and code in _AUTH_CODES:
             raise AuthenticationError(text) from exc
+        if isinstance(exc, (px.DocumentTooLarge, BSONError)) or code in _REFUSED_CODES:
+            raise ValueRefusedError(text) from exc
         if isinstance(exc, px.OperationFailure) and exc.has_error_label("RetryableWriteError"):
             raise ConnectionLostError(text) from exc  # e.g. a primary stepping down mid-write
         raise DriverError(text) from exc
@@ -201,6 +207,6 @@ class MongoStore:
             self.db.list_collection_names(filter={"name": self.prefix + "ping"})
 
     def close(self) -> None:
-        """Close the pool. Idempotent; pymongo reconnects if the store is used again."""
+        """Close the pool. Idempotent; the store cannot be used afterwards (pymongo 4)."""
         with self.errors:
             self.client.close()

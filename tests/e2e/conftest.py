@@ -31,6 +31,13 @@ PAIRS: dict[str, tuple[str | None, str | None]] = {
     "redis-broker+postgres-backend": ("redis_url", "postgres_url"),
     "postgres-broker+redis-backend": ("postgres_url", "redis_url"),
     "postgres-broker+sqlite-backend": ("postgres_url", None),
+    "sqs+s3": ("sqs_url", "s3_url"),
+    "sqs-broker+postgres-backend": ("sqs_url", "postgres_url"),
+    "redis-broker+s3-backend": ("redis_url", "s3_url"),
+    "mongodb": ("mongo_url", "mongo_url"),
+    "mongodb-broker+redis-backend": ("mongo_url", "redis_url"),
+    "redis-broker+mongodb-backend": ("redis_url", "mongo_url"),
+    "mongodb-broker+postgres-backend": ("mongo_url", "postgres_url"),
 }
 
 
