@@ -1,12 +1,15 @@
 """The README's first command: a worker and a producer on the embedded default (SQLite).
 
 Starts ``conveyor worker -A shop:app`` in the background, sends a result, a retry and a
-failure, shows what the backend recorded, and stops the worker with SIGTERM.
+failure, shows what the backend recorded, and stops the worker with SIGTERM. It works in a
+temporary folder, removed at the end; ``--keep`` keeps it (with the worker log and the
+database) to look around with ``conveyor result`` and ``conveyor dlq list``.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,9 +20,20 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    keep = "--keep" in (sys.argv[1:] if argv is None else argv)
     workdir = Path(tempfile.mkdtemp(prefix="conveyor-demo-"))
+    started_in = os.getcwd()
     os.chdir(workdir)  # conveyor.db is created here: the default needs no server
+    try:
+        return _demo(workdir, keep=keep)
+    finally:
+        os.chdir(started_in)
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _demo(workdir: Path, *, keep: bool) -> int:
     sys.path.insert(0, str(HERE))
     path = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": path}
@@ -45,11 +59,17 @@ def main() -> int:
         reason = letters[0].reason if letters else ""
         print(f"dead-letter queue: {len(letters)} message(s): {reason}")
         print(f"my_task.delay(6, 3).get()    -> {my_task.delay(6, 3).get(timeout=30)}")
-        print(f"\nworker log: {workdir / 'worker.log'}")
-        print(f"inspect:    cd {workdir} && conveyor result {failing.id} && conveyor dlq list")
+        if keep:
+            print(f"\nworker log: {workdir / 'worker.log'}")
+            print(f"inspect:    cd {workdir} && conveyor result {failing.id} && "
+                  "conveyor dlq list")
+        else:
+            print("\n(run with --keep to keep the database and worker log for a look around)")
+        app.close()
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)
+        log.close()
     time.sleep(0.1)
     return 0
 
