@@ -37,6 +37,8 @@ def store_progress(task: Task[Any, Any], task_id: str, state: str, meta: Any) ->
                               "characters")
     app = task.app
     req = task.request
+    if req.settle_started is not None and req.id == task_id:
+        req.settle_started(task_id)  # a write-behind STARTED must not land after this
     result_type, packed = app.result_codec.pack(meta)
     now = time.time()
     record = TaskRecord(task_id, state, task=task.name, queue=req.queue, result=packed,

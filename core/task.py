@@ -42,6 +42,9 @@ class Request:
     expires: float | None = None
     #: Set by ``Task.retry`` when it refuses because retries are used up.
     retries_exhausted: bool = False
+    #: Set by the worker: makes a queued write-behind STARTED land now (or never), so a
+    #: progress state written by the task is not overwritten by it.
+    settle_started: Callable[[str], object] | None = field(default=None, repr=False)
     #: Workflow fields (see :func:`conveyor.canvas.followups.request_fields`): the first
     #: task's id, the previous one's, the group's, the chord ``{"id", "n"}`` it joins.
     root_id: str | None = None

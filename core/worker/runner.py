@@ -132,9 +132,11 @@ class TaskRunner:
             self._finish_rejected(res, msg, reason, "conveyor.exceptions.NotRegisteredError")
             return False
         if msg.expires is not None and now > msg.expires:
-            self._store(self._record(msg, res, REVOKED, error=(
-                "conveyor.exceptions.TaskRevokedError",
-                f"expired at {msg.expires:.3f}, {now - msg.expires:.1f}s before it could run")))
+            expired = ("conveyor.exceptions.TaskRevokedError",
+                       f"expired at {msg.expires:.3f}, {now - msg.expires:.1f}s before it "
+                       "could run")
+            self._store(self._record(msg, res, REVOKED, error=expired))
+            self._canvas_failure(msg, expired, None)
             self._ack(res)
             return False
         try:
@@ -190,6 +192,8 @@ class TaskRunner:
                           retries=msg.retries, max_retries=msg.max_retries, queue=res.queue,
                           hostname=self.hostname, delivery_attempt=res.attempts,
                           eta=msg.eta, expires=msg.expires, **canvas.request_fields(msg))
+        if self.started is not None:
+            request.settle_started = self.started.settle
         task._push_request(request)
         self.active[msg.id] = (msg.task, job.attempt.started_at or 0.0, threading.get_ident())
         hooks.prerun(task, request)

@@ -105,3 +105,12 @@ if os.environ.get("CONVEYOR_E2E_SIGNAL_LOG"):
     for _sig in (_signals.worker_process_init, _signals.worker_ready, _signals.task_prerun,
                  _signals.task_success, _signals.task_postrun, _signals.worker_shutdown):
         _sig.connect(_log_signal)
+
+
+# -- poison messages (tests/e2e/test_faults.py) ----------------------------------------------
+@app.task
+def kill_worker(marker: str) -> None:
+    """Kills the worker process running it, on every delivery: a poison message."""
+    with open(marker, "a") as f:
+        f.write("ran\n")
+    os._exit(1)
