@@ -138,6 +138,8 @@ class TaskRunner:
             self._store(self._record(msg, res, REVOKED, error=expired))
             self._canvas_failure(msg, expired, None)
             self._ack(res)
+            hooks.revoked(task, Request(id=msg.id, task=msg.task, queue=res.queue,
+                                        hostname=self.hostname), expired=True)
             return False
         try:
             args, kwargs = msg.arguments(app.task_codec)
@@ -340,6 +342,10 @@ class TaskRunner:
         if joins and not self._store(record):
             return self._already_finished(job)
         followups = canvas.after_success(self.app, msg, value, self._reliably)
+        if joins and followups:
+            # This task completed its chord: start the body now, not behind a batch.
+            self._reliably(lambda: self.app.enqueue(followups))
+            followups = []
         if not joins and self.defer is not None and self.completer_busy():
             # Under load: the completer stores it with others in one round trip.
             self.defer(Completion(res, followups, record.to_stored()))

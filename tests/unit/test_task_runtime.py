@@ -281,6 +281,19 @@ def test_revoke_terminate_ends_a_running_thread_task(app: Conveyor, worker: Cons
     assert r.state == "REVOKED"
 
 
+def test_expired_task_sends_task_revoked_with_expired(app: Conveyor, worker: Consumer,
+                                                      recorded: list[Any]) -> None:
+    @app.task
+    def late() -> None:
+        pass
+
+    r = late.apply_async(expires=0.2, countdown=0.5)
+    _wait(lambda: r.state == "REVOKED")
+    _wait(lambda: any(n == "task_revoked" for n, _ in recorded))
+    revoked = dict(recorded)["task_revoked"]
+    assert revoked["expired"] is True and revoked["request"].id == r.id
+
+
 def test_revoking_a_finished_task_keeps_its_outcome(app: Conveyor, worker: Consumer) -> None:
     @app.task
     def one() -> int:
@@ -474,7 +487,7 @@ def test_sql_broker_migrates_a_v1_table_to_priorities(tmp_path: Any) -> None:
         broker.enqueue("q", b"new", priority=9)  # type: ignore[call-arg]
         got = broker.reserve(["q"], lease=5, limit=2)
         assert [r.body for r in got] == [b"new", b"old"]
-        assert broker.info()["schema"] == "v2 (current)"
+        assert broker.info()["schema"].endswith("(current)")
     finally:
         broker.close()
         engine.dispose()
