@@ -146,6 +146,12 @@ def push_down(sig: Signature, default_queue: str | None) -> None:
             continue
         for k in own:
             del s.options[k]
+        # A workflow's own callbacks go where Celery puts them (chain: its last task;
+        # group: each member; chord: its body; errbacks of a chain: every step).
+        for callback in s.options.pop("link", None) or ():
+            s.link(callback)
+        for errback in s.options.pop("link_error", None) or ():
+            s.link_error(errback)
         passed = {**own, **inherited}
         queue = passed.get("queue") or queue
         if isinstance(s, chain):

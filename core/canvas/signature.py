@@ -52,7 +52,7 @@ class Signature:
         self.task = task
         self.args: tuple[Any, ...] = tuple(args or ())
         self.kwargs: dict[str, Any] = dict(kwargs or {})
-        self.options: dict[str, Any] = {**(options or {}), **more_options}
+        self.options: dict[str, Any] = link_lists({**(options or {}), **more_options})
         self.immutable = immutable
         self.app = app
 
@@ -71,7 +71,9 @@ class Signature:
         options = dict(self.options)
         for name in LINK_OPTIONS:
             if options.get(name):
-                options[name] = [to_dict(s) for s in options[name]]
+                given = options[name]
+                options[name] = [to_dict(s) for s in (
+                    given if isinstance(given, list | tuple) else [given])]
         return {"task": self.task, "args": list(self.args), "kwargs": dict(self.kwargs),
                 "options": options, "immutable": self.immutable,
                 "subtask_type": self.subtask_type}
@@ -113,7 +115,7 @@ class Signature:
         """A copy with ``args`` prepended and ``kwargs`` merged (an immutable signature keeps
         its own), and ``options`` set. Nested signatures are copied too."""
         new = copy.copy(self)
-        new.options = {**copy.deepcopy(self.options), **options}
+        new.options = link_lists({**copy.deepcopy(self.options), **options})
         if not self.immutable:
             new.args = (*tuple(args or ()), *self.args)
             new.kwargs = {**self.kwargs, **(kwargs or {})}
@@ -127,7 +129,7 @@ class Signature:
         """Set sending options (``queue``, ``countdown``, ``task_id``, ...); returns self."""
         if immutable is not None:
             self.immutable = immutable
-        self.options.update(options)
+        self.options.update(link_lists(options))
         return self
 
     def set_immutable(self, immutable: bool) -> None:
@@ -206,6 +208,15 @@ class Signature:
         from conveyor.canvas.workflows import chain
 
         return chain(self)
+
+
+def link_lists(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with ``link`` / ``link_error`` as lists (one signature may be given)."""
+    for name in LINK_OPTIONS:
+        value = options.get(name)
+        if value is not None and not isinstance(value, list):
+            options[name] = list(value) if isinstance(value, tuple) else [value]
+    return options
 
 
 def to_dict(sig: Signature | dict[str, Any]) -> dict[str, Any]:

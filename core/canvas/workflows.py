@@ -10,7 +10,7 @@ import copy
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from conveyor.canvas.signature import Signature, to_dict
+from conveyor.canvas.signature import Signature, link_lists, to_dict
 from conveyor.exceptions import TaskOptionError
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class chain(Signature):  # noqa: N801 - Celery's name
     def clone(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
               **options: Any) -> chain:
         new = copy.copy(self)
-        new.options = {**copy.deepcopy(self.options), **options}
+        new.options = link_lists({**copy.deepcopy(self.options), **options})
         new.tasks = [t.clone() for t in self.tasks]
         if new.tasks and (args or kwargs):
             new.tasks[0] = new.tasks[0].clone(args, kwargs)
@@ -145,7 +145,7 @@ class group(Signature):  # noqa: N801 - Celery's name
     def clone(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
               **options: Any) -> group:
         new = copy.copy(self)
-        new.options = {**copy.deepcopy(self.options), **options}
+        new.options = link_lists({**copy.deepcopy(self.options), **options})
         new.tasks = [t.clone(args, kwargs) for t in self.tasks]
         return new
 
@@ -190,16 +190,26 @@ class chord(Signature):  # noqa: N801 - Celery's name
         head = header if isinstance(header, group) else group(header)
         if isinstance(body, dict):
             body = from_dict(body)
-        if body is None:
-            raise TaskOptionError("chord needs a body: chord(header, body) or "
-                                  "group(...) | body")
         super().__init__("conveyor.chord", (), {}, options,
-                         app=app or head.app or body.app)
+                         app=app or head.app or (body.app if body is not None else None))
         self.header: group = head
-        self.body: Signature = body
+        #: None until given: ``chord(header)(body)`` is Celery's other spelling.
+        self._body = body
+
+    @property
+    def body(self) -> Signature:
+        """The signature run with the header's results."""
+        if self._body is None:
+            raise TaskOptionError("chord needs a body: chord(header, body), "
+                                  "chord(header)(body) or group(...) | body")
+        return self._body
+
+    @body.setter
+    def body(self, value: Signature) -> None:
+        self._body = value
 
     def __repr__(self) -> str:
-        return f"chord({self.header!r}, {self.body!r})"
+        return f"chord({self.header!r}, {self._body!r})"
 
     @property
     def tasks(self) -> list[Signature]:
@@ -214,15 +224,16 @@ class chord(Signature):  # noqa: N801 - Celery's name
     def bind(self, app: Conveyor) -> chord:
         super().bind(app)
         self.header.bind(app)
-        self.body.bind(app)
+        if self._body is not None:
+            self._body.bind(app)
         return self
 
     def clone(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
               **options: Any) -> chord:
         new = copy.copy(self)
-        new.options = {**copy.deepcopy(self.options), **options}
+        new.options = link_lists({**copy.deepcopy(self.options), **options})
         new.header = self.header.clone(args, kwargs)
-        new.body = self.body.clone()
+        new._body = self._body.clone() if self._body is not None else None
         return new
 
     def __or__(self, other: Signature) -> Signature:
@@ -235,6 +246,9 @@ class chord(Signature):  # noqa: N801 - Celery's name
         return new
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._body is None and len(args) == 1 and isinstance(args[0], Signature):
+            return chord(self.header, args[0], app=self.app, **self.options).apply_async(
+                **kwargs)
         return self.apply_async(args, kwargs)
 
     def link(self, callback: Signature) -> Signature:

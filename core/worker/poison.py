@@ -64,6 +64,7 @@ class PoisonGuard:
             if found is not None and found.ready:
                 log.info("task %s[%s] already finished; acking its delivery %d", msg.task,
                          msg.id, res.attempts)
+                runner._reissue_followups(msg)
                 runner._ack(res)
                 return
         # Dead-letter first, as for any failure: a crash before the record is stored then

@@ -211,6 +211,17 @@ def test_links_several_per_task_and_errbacks_in_both_shapes(
     _wait(lambda: ("errback", bad.id, "BoomError", "middle failed") in t.calls)
 
 
+def test_workflow_callbacks_and_chord_called_with_its_body(
+        app: Conveyor, t: Any, worker: Consumer) -> None:
+    flow = chain(t.add.s(1, 1), t.add.s(1))
+    assert flow.apply_async(link=t.record.s("chain")).get(timeout=10) == 3
+    _wait(lambda: (3, "chain") in t.calls)
+    assert chord([t.add.s(1, 1), t.add.s(2, 2)])(t.total.s()).get(timeout=10) == 6
+    single = t.add.s(2, 2).apply_async(link=t.record.s("one"))
+    assert single.get(timeout=10) == 4
+    _wait(lambda: (4, "one") in t.calls)
+
+
 def test_failing_callback_is_recorded_like_any_task(app: Conveyor, t: Any,
                                                     worker: Consumer) -> None:
     link = t.fail.s()
