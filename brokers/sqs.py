@@ -583,9 +583,17 @@ class SQSBroker(Broker):
         return sorted(names)
 
     def ping(self) -> None:
-        """ListQueues under the prefix: reachability and credentials."""
+        """ListQueues under the prefix: reachability and credentials. With
+        ``create_queues=false`` it also fails when no queue under the prefix exists (a
+        missing single queue is reported by the first send or reserve on it)."""
         with self._errors:
-            self._sqs.list_queues(QueueNamePrefix=self._prefix or "conveyor", MaxResults=1)
+            found = self._sqs.list_queues(QueueNamePrefix=self._prefix or "conveyor",
+                                          MaxResults=1)
+        if not self._create and not found.get("QueueUrls"):
+            raise AuthenticationError(
+                f"sqs: no queue named {self._prefix}* exists and create_queues=false: create "
+                f"the queues (aws sqs create-queue --queue-name {self._prefix}default) or drop "
+                "create_queues=false from the broker URL")
 
     def info(self) -> dict[str, str]:
         """Region, prefix and the large-payload bucket, for ``conveyor check``."""
