@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 from conveyor import signals, timing
 from conveyor.backend import StoredRecord
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from conveyor.result import AsyncResult
 
 F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: Tolerated clock skew when checking that an eta or expires is not in the past.
 CLOCK_SKEW = 1.0
@@ -191,11 +193,19 @@ class Conveyor:
             self._codecs = None
 
     # -- tasks ----------------------------------------------------------------------------
+    # The overloads carry the function's parameters and return type to the task (``delay``
+    # takes what the function takes; ``get()`` returns what it returns); a bound task's
+    # first parameter (``self``) is not part of them.
     @overload
-    def task(self, fn: F) -> Task[Any, Any]: ...
+    def task(self, fn: Callable[P, R]) -> Task[P, R]: ...
     @overload
-    def task(self, fn: None = None, *, name: str | None = None, bind: bool = False,
-             **options: Any) -> Callable[[F], Task[Any, Any]]: ...
+    def task(self, fn: None = None, *, name: str | None = None, bind: Literal[True],
+             base: type[Task[Any, Any]] | None = None,
+             **options: Any) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
+    @overload
+    def task(self, fn: None = None, *, name: str | None = None, bind: Literal[False] = False,
+             base: type[Task[Any, Any]] | None = None,
+             **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(self, fn: Callable[..., Any] | None = None, *, name: str | None = None,
              bind: bool = False, base: type[Task[Any, Any]] | None = None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Literal, overload
 
 from conveyor.exceptions import TaskRevokedError, TimeoutError
 from conveyor.record import TaskRecord
@@ -11,10 +11,20 @@ from conveyor.serialization import dumps_json, loads_json
 from conveyor.states import FAILURE, PENDING, READY_STATES, REVOKED, SUCCESS
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeVar
+
     from conveyor.app import Conveyor
 
+    #: The task's return type: ``add.delay(1, 2)`` is an ``AsyncResult[int]``; a bare
+    #: ``AsyncResult`` (a result found by id) is ``AsyncResult[Any]``.
+    T = TypeVar("T", default=Any)
+else:
+    from typing import TypeVar
 
-class AsyncResult:
+    T = TypeVar("T")
+
+
+class AsyncResult(Generic[T]):
     """The state and result of one task, read from the result backend.
 
     Every property reads the backend afresh (no caching of unfinished states); a finished
@@ -137,6 +147,13 @@ class AsyncResult:
         """The task's name, when known."""
         record = self._record()
         return record.task if record else None
+
+    @overload
+    def get(self, timeout: float | None = None, *, propagate: Literal[True] = True,
+            interval: float | None = None) -> T: ...
+    @overload
+    def get(self, timeout: float | None = None, *, propagate: bool,
+            interval: float | None = None) -> T | BaseException: ...
 
     def get(self, timeout: float | None = None, *, propagate: bool = True,
             interval: float | None = None) -> Any:

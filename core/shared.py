@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, cast, overload
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -84,7 +84,11 @@ class _SharedTask:
 @overload
 def shared_task(fn: Callable[P, R]) -> Task[P, R]: ...
 @overload
-def shared_task(fn: None = None, **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+def shared_task(fn: None = None, *, bind: Literal[True],
+                **options: Any) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
+@overload
+def shared_task(fn: None = None, *, bind: Literal[False] = False,
+                **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
 def shared_task(fn: Callable[..., Any] | None = None, **options: Any) -> Any:

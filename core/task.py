@@ -186,7 +186,7 @@ class Task(Generic[P, R]):
         store_progress(self, task_id or self.request.id, state, meta)
 
     # -- sending --------------------------------------------------------------------------
-    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult:
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Send with positional and keyword arguments; returns an :class:`AsyncResult`."""
         return self.apply_async(args, kwargs)
 
@@ -197,7 +197,7 @@ class Task(Generic[P, R]):
                     expires: datetime | str | float | None = None, queue: str | None = None,
                     task_id: str | None = None, max_retries: int | None = None,
                     priority: int | None = None, link: Any = None,
-                    link_error: Any = None) -> AsyncResult:
+                    link_error: Any = None) -> AsyncResult[R]:
         """Send the task. ``countdown``: seconds from now (a number); ``eta``: a datetime
         (naive means local time), an ISO 8601 string or epoch seconds; ``expires``: seconds
         from now or a point in time after which it is not run (see :mod:`conveyor.timing`).
