@@ -31,9 +31,10 @@ ENV = "CONVEYOR_TEST_MONGO_URL"
 _LAUNCH = """
 import signal, sys
 from secantus.server import SecantusDBServer
-host, port, path, sync = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
+host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+sync, auth = sys.argv[4] == "1", sys.argv[5] == "1"
 server = SecantusDBServer(host=host, port=port, storage_path=path, ttl_sweep_seconds=1,
-                          sync_on_commit=sync)
+                          sync_on_commit=sync, require_auth=auth)
 def stop(signum, frame):
     server.stop()
     sys.exit(0)
@@ -61,6 +62,8 @@ class MongoServer:
     def __init__(self, *, port: int | None = None, durable: bool = False) -> None:
         self.port = port or free_port()
         self.durable = durable
+        #: Require SCRAM authentication from the next start (provision users before).
+        self.require_auth = False
         self.dir = Path(tempfile.mkdtemp(prefix="conveyor-mongo-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -79,7 +82,7 @@ class MongoServer:
         storage = str(self.dir / "data") if self.durable else ":memory:"
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _LAUNCH, "127.0.0.1", str(self.port), storage,
-             "1" if self.durable else "0"],
+             "1" if self.durable else "0", "1" if self.require_auth else "0"],
             stdout=subprocess.DEVNULL, stderr=open(self.dir / "log", "ab"))  # noqa: SIM115
         if not wait_for_port(self.port, timeout=30):
             self.stop()
