@@ -23,7 +23,6 @@ from conveyor.cli.output import (
     json_mode,
     out,
     progress,
-    safe,
     table,
     visible,
     when,
@@ -145,9 +144,17 @@ def dlq_replay(state: dict[str, Any], ids: tuple[str, ...], app_path: str | None
     if as_json or json_mode():
         emit_json(report.to_json())
     else:
-        out.print(f"replayed {report.replayed} dead letters")
-        for skipped in report.skipped:
-            out.print(f"skipped {safe(skipped.letter.message_id)}: {safe(skipped.reason)}")
+        from conveyor.dlq import view
+
+        left = f", skipped {len(report.skipped)} (left in the dead-letter queue)"
+        out.print(f"replayed {report.replayed} dead letters"
+                  f"{left if report.skipped else ''}")
+        if report.skipped:
+            tbl = table("id", "why it was skipped", title="skipped", ids=("id",))
+            for skipped in report.skipped:
+                add_row(tbl, view(app, skipped.letter).task_id or skipped.letter.message_id,
+                        skipped.reason)
+            out.print(tbl)
 
 
 @dlq.command("purge")

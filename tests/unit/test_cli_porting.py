@@ -171,7 +171,7 @@ def test_dlq_list_shows_whole_ids_that_every_dlq_command_takes_whole_or_by_prefi
     code, out = run("dlq", "show", "order-", "-A", app_module)
     assert code == 1 and "matches several dead letters" in out
     code, out = run("dlq", "replay", ids[1][:30], "-A", app_module, "--json")
-    assert json.loads(out) == {"replayed": 1}
+    assert json.loads(out) == {"replayed": 1, "skipped": []}
     code, out = run("dlq", "purge", ids[2][:30], "--yes", "-A", app_module, "--json")
     assert json.loads(out) == {"deleted": 1}
 
@@ -341,3 +341,23 @@ def test_hostile_strings_reach_a_real_terminal_escaped(tmp_path: Path) -> None:
                           cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
     _assert_safe(proc.stdout, *IDS[:10], *TEXTS[:10])
+
+
+def test_dlq_replay_says_what_it_skipped_and_why(app_module: str) -> None:
+    from conveyor import Conveyor
+
+    app = sys.modules[app_module].app
+    signed = Conveyor("signer", broker="memory://unused-signer", backend="memory://unused",
+                      task_signing_key="k" * 32)
+    app.broker.enqueue("default", Message(id="signed-one", task="x").encode(signed.signer))
+    [res] = app.broker.reserve(["default"], lease=5)
+    app.broker.dead_letter(res, reason="test")
+    dead_letter(app, task_id="plain-one", task="x", reason="test")
+    code, out = run("dlq", "replay", "--all", "-A", app_module)
+    assert code == 0, out
+    assert "replayed 1 dead letters, skipped 1 (left in the dead-letter queue)" in out
+    assert re.search(r"signed-one\s*│\s*its signature cannot be verified", out), out
+    code, out = run("dlq", "replay", "--all", "-A", app_module, "--json")
+    report = json.loads(out)
+    assert report["replayed"] == 0
+    assert [s["reason"][:32] for s in report["skipped"]] == ["its signature cannot be verified"]
