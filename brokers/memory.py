@@ -192,8 +192,10 @@ class MemoryBroker(Broker):
 
     def dead_letter(self, reservation: Reservation, *, reason: str) -> None:
         with self._store.cond:
+            if self._held(reservation) is None:
+                return
             q = self._store.queue(reservation.queue)
-            q.reserved.pop(reservation.message_id, None)
+            del q.reserved[reservation.message_id]
             q.dead[reservation.message_id] = DeadLetter(
                 reservation.queue, reservation.message_id, reservation.body, reason, time.time())
 
@@ -212,6 +214,7 @@ class MemoryBroker(Broker):
 
     def purge(self, queue: str) -> int:
         with self._store.cond:
+            self._store.promote(queue, time.time())
             q = self._store.queue(queue)
             count = len(q.ready) + len(q.delayed)
             q.ready.clear()

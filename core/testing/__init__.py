@@ -22,7 +22,8 @@ except ImportError as exc:  # pragma: no cover - pytest is installed wherever te
 # test would only say "AssertionError".
 pytest.register_assert_rewrite(
     "conveyor.testing.backend", "conveyor.testing.broker", "conveyor.testing.broker_admin",
-    "conveyor.testing.coordination", "conveyor.testing.priority")
+    "conveyor.testing.coordination", "conveyor.testing.priority", "conveyor.testing.query",
+    "conveyor.testing.broker_edges", "conveyor.testing.backend_edges", "conveyor.testing.outage")
 
 from conveyor.testing.backend import (  # noqa: E402 - after register_assert_rewrite
     BackendConcurrencyContract,
@@ -31,6 +32,12 @@ from conveyor.testing.backend import (  # noqa: E402 - after register_assert_rew
     BackendStoreGetContract,
     BackendTerminalWriteContract,
     BackendWaitContract,
+)
+from conveyor.testing.backend_edges import (  # noqa: E402
+    BackendCoherenceContract,
+    BackendGetManyContract,
+    BackendIdentifierContract,
+    BackendTTLContract,
 )
 from conveyor.testing.broker import (  # noqa: E402
     BrokerDelayContract,
@@ -46,26 +53,50 @@ from conveyor.testing.broker_admin import (  # noqa: E402
     BrokerConcurrencyContract,
     BrokerDeadLetterContract,
 )
+from conveyor.testing.broker_edges import (  # noqa: E402
+    BrokerCoherenceContract,
+    BrokerLapsedLeaseContract,
+    BrokerQueueIsolationContract,
+    BrokerStaleReceiptContract,
+)
 from conveyor.testing.coordination import BackendCoordinationContract  # noqa: E402
+from conveyor.testing.outage import (  # noqa: E402
+    NOT_APPLICABLE,
+    BackendOutageContract,
+    BrokerOutageContract,
+)
 from conveyor.testing.priority import BrokerPriorityContract  # noqa: E402
+from conveyor.testing.query import BackendQueryContract  # noqa: E402
 
 __all__ = [
+    "NOT_APPLICABLE",
+    "BackendCoherenceContract",
     "BackendConcurrencyContract",
     "BackendCoordinationContract",
     "BackendExpiryContract",
     "BackendFixtures",
+    "BackendGetManyContract",
+    "BackendIdentifierContract",
+    "BackendOutageContract",
+    "BackendQueryContract",
     "BackendStoreGetContract",
+    "BackendTTLContract",
     "BackendTerminalWriteContract",
     "BackendWaitContract",
     "BrokerAdminContract",
+    "BrokerCoherenceContract",
     "BrokerConcurrencyContract",
     "BrokerContract",
     "BrokerDeadLetterContract",
     "BrokerDelayContract",
     "BrokerEnqueueReserveContract",
     "BrokerFixtures",
+    "BrokerLapsedLeaseContract",
     "BrokerLeaseContract",
+    "BrokerOutageContract",
     "BrokerPriorityContract",
+    "BrokerQueueIsolationContract",
+    "BrokerStaleReceiptContract",
     "BrokerTimings",
     "ResultBackendContract",
     "reserve_count",
@@ -81,8 +112,15 @@ class BrokerContract(
     BrokerAdminContract,
     BrokerConcurrencyContract,
     BrokerPriorityContract,
+    BrokerStaleReceiptContract,
+    BrokerLapsedLeaseContract,
+    BrokerQueueIsolationContract,
+    BrokerCoherenceContract,
+    BrokerOutageContract,
 ):
-    """Every broker guarantee. Subclass it in a ``Test*`` class and provide ``broker_url``."""
+    """Every broker guarantee. Subclass it in a ``Test*`` class and provide ``broker_url``
+    (and, for a server-backed driver, ``unreachable_broker_url``: see
+    :mod:`conveyor.testing.outage`)."""
 
 
 class ResultBackendContract(
@@ -92,6 +130,12 @@ class ResultBackendContract(
     BackendConcurrencyContract,
     BackendWaitContract,
     BackendCoordinationContract,
+    BackendQueryContract,
+    BackendIdentifierContract,
+    BackendTTLContract,
+    BackendGetManyContract,
+    BackendCoherenceContract,
+    BackendOutageContract,
 ):
     """Every result backend guarantee. Subclass it in a ``Test*`` class and provide
-    ``backend_url``."""
+    ``backend_url`` (and, for a server-backed driver, ``unreachable_backend_url``)."""
