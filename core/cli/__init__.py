@@ -29,6 +29,7 @@ _COMMAND_MODULES = (
     "conveyor.cli.dlq",
     "conveyor.cli.admin",
     "conveyor.cli.control",
+    "conveyor.cli.send",
 )
 
 

@@ -258,7 +258,7 @@ def test_worker_logs_a_drain_summary_on_exit(tmp_path: Path) -> None:
                      r"[\d.]+ s, [\d.]+/s", logs), logs
 
 
-def test_dlq_replay_all_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+def test_dlq_replay_all_and_bulk_call_show_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/p.db"
     fill = (f"from conveyor import Conveyor\nfrom conveyor.message import Message\n"
             f"app = Conveyor('p', broker={url!r}, backend={url!r})\n"
@@ -276,6 +276,14 @@ def test_dlq_replay_all_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stderr
     assert "replayed 60 dead letters" in proc.stdout
     assert "replaying" in proc.stderr
+    proc = subprocess.run(check=False, args=[sys.executable, "-m", "conveyor", "--broker", url,
+                                             "--backend", url, "call", "x", "-n", "200"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "FORCE_COLOR": "1",
+                               "TTY_INTERACTIVE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "sent 200 messages of x" in proc.stdout
+    assert "sending" in proc.stderr
 
 
 # -- hostile strings -------------------------------------------------------------------------
@@ -361,3 +369,24 @@ def test_dlq_replay_says_what_it_skipped_and_why(app_module: str) -> None:
     report = json.loads(out)
     assert report["replayed"] == 0
     assert [s["reason"][:32] for s in report["skipped"]] == ["its signature cannot be verified"]
+
+
+def test_call_sends_a_task_by_name_once_or_in_bulk(app_module: str) -> None:
+    app = sys.modules[app_module].app
+    code, out = run("call", f"{app_module}.add", "--args", "[2, 3]", "--kwargs", "{}",
+                    "-A", app_module)
+    assert code == 0, out
+    [res] = app.broker.reserve(["default"], lease=5)
+    msg = Message.decode(res.body, app.signer)
+    assert (msg.id, msg.task, list(msg.args)) == (out.strip(), f"{app_module}.add", [2, 3])
+    code, out = run("call", "x.y", "-n", "120", "-Q", "bulk", "-A", app_module, "--json")
+    assert code == 0, out
+    assert json.loads(out)["sent"] == 120
+    assert app.broker.stats("bulk").ready == 120
+    code, out = run("call", "x.y", "--args", "{", "-A", app_module, "--json")
+    assert code == 2
+    assert json.loads(out)["error"].startswith("--args is not JSON")
+    code, out = run("call", "x.y", "--kwargs", "[1]", "-A", app_module)
+    assert code == 2 and "--kwargs must be a JSON object, not list" in out
+    code, out = run("call", "x.y", "--eta", "tomorrow", "-A", app_module)
+    assert code == 1 and "eta='tomorrow' is not an ISO 8601 date and time" in out
