@@ -6,7 +6,16 @@ import threading
 import time
 from typing import Any, ClassVar
 
-from conveyor.backend import BackendCapabilities, ResultBackend, StoredRecord
+from conveyor.backend import (
+    BackendCapabilities,
+    RecordPage,
+    RecordQuery,
+    ResultBackend,
+    StoredRecord,
+    after_cursor,
+    decode_cursor,
+    encode_cursor,
+)
 from conveyor.url import URL
 
 
@@ -17,6 +26,8 @@ class _Store:
         #: Coordination state: sets for :meth:`join`, entries, each with its expiry.
         self.sets: dict[str, tuple[set[str], float | None]] = {}
         self.entries: dict[str, tuple[bytes, float | None]] = {}
+        #: When each record was last written, for :meth:`MemoryResultBackend.query`.
+        self.written: dict[str, float] = {}
 
 
 _STORES: dict[str, _Store] = {}
@@ -27,7 +38,8 @@ class MemoryResultBackend(ResultBackend):
     """A thread-safe in-process backend; ``wait`` wakes as soon as a result is stored."""
 
     capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(
-        native_expiry=True, push_wait=True, shared_between_processes=False, coordination=True)
+        native_expiry=True, push_wait=True, shared_between_processes=False, coordination=True,
+        query=True)
 
     def __init__(self, url: URL, **options: Any) -> None:
         super().__init__(url)
@@ -41,6 +53,7 @@ class MemoryResultBackend(ResultBackend):
             return None
         if entry[1] is not None and entry[1] <= time.time():
             del self._store.records[task_id]
+            self._store.written.pop(task_id, None)
             return None
         return entry[0]
 
@@ -51,6 +64,7 @@ class MemoryResultBackend(ResultBackend):
                 return False
             expires = None if ttl is None else time.time() + ttl
             self._store.records[record.task_id] = (record, expires)
+            self._store.written[record.task_id] = time.time()
             self._store.cond.notify_all()
             return True
 
@@ -61,6 +75,7 @@ class MemoryResultBackend(ResultBackend):
     def forget(self, task_id: str) -> None:
         with self._store.cond:
             self._store.records.pop(task_id, None)
+            self._store.written.pop(task_id, None)
 
     def wait(self, task_id: str, *, timeout: float | None) -> StoredRecord | None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -73,6 +88,25 @@ class MemoryResultBackend(ResultBackend):
                 if left is not None and left <= 0:
                     return None
                 self._store.cond.wait(left)
+
+    def query(self, query: RecordQuery) -> RecordPage:
+        """A scan of every record (this driver is for tests; nothing is indexed)."""
+        cursor = None if query.cursor is None else decode_cursor(query.cursor)
+        with self._store.cond:
+            now = time.time()
+            found = []
+            for task_id, (record, expires) in self._store.records.items():
+                at = self._store.written.get(task_id, 0.0)
+                if ((expires is None or expires > now) and query.matches(record)
+                        and (query.since is None or at >= query.since)
+                        and (query.until is None or at < query.until)
+                        and after_cursor(at, task_id, cursor)):
+                    found.append((at, task_id, record))
+        found.sort(key=lambda item: (item[0], item[1]), reverse=True)
+        page = found[:query.limit]
+        more = len(found) > query.limit
+        return RecordPage([r for _, _, r in page],
+                          encode_cursor(page[-1][0], page[-1][1]) if more else None)
 
     def join(self, key: str, member: str, *, ttl: float | None) -> int:
         """One lock makes add-and-count atomic; an expired set starts again empty."""
@@ -107,6 +141,7 @@ class MemoryResultBackend(ResultBackend):
                     if exp is not None and exp <= now]
             for key in gone:
                 del self._store.records[key]
+                self._store.written.pop(key, None)
             for area in (self._store.sets, self._store.entries):
                 for key in [k for k, (_, exp) in area.items() if exp is not None and exp <= now]:
                     del area[key]

@@ -2,7 +2,8 @@
 
 Collections (prefix ``conveyor_`` by default; see :mod:`conveyor.stores.mongodb`)::
 
-    <p>results  _id (task id), state, data, updated_at, expires_at (a date, or null: never)
+    <p>results  _id (task id), state, data, updated_at, expires_at (a date, or null: never),
+                name, queue, worker (in the clear, for ``query``; indexed with updated_at)
     <p>sets     _id (join key), members, expires_at        (coordination: join)
     <p>entries  _id (entry key), value, expires_at         (coordination: the entry area)
 
@@ -20,10 +21,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar, TypeVar
 
-from conveyor.backend import BackendCapabilities, ResultBackend, StoredRecord
+from conveyor.backend import (
+    BackendCapabilities,
+    RecordPage,
+    RecordQuery,
+    ResultBackend,
+    StoredRecord,
+    decode_cursor,
+    encode_cursor,
+)
 from conveyor.exceptions import DriverError
 from conveyor.states import READY_STATES
 from conveyor.stores.mongodb import MongoStore, to_date
@@ -31,6 +40,10 @@ from conveyor.url import URL
 
 T = TypeVar("T")
 _EXPIRY = [([("expires_at", 1)], {"expireAfterSeconds": 0})]
+#: The query walks one of these newest first (see MongoResultBackend.query).
+_RESULT_INDEXES = _EXPIRY + [([("updated_at", -1), ("_id", -1)], {})] + [
+    ([(field, 1), ("updated_at", -1), ("_id", -1)], {}) for field in ("state", "name", "queue")]
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _TERMINAL = sorted(READY_STATES)
 _CHUNK = 500  # ids per $in list, records per bulk write
 _DUPLICATE_KEY = 11000
@@ -71,7 +84,7 @@ class MongoResultBackend(ResultBackend):
     """
 
     capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(
-        native_expiry=True, coordination=True)
+        native_expiry=True, coordination=True, query=True)
 
     def __init__(self, url: URL, *, prefix: str | None = None, **options: Any) -> None:
         super().__init__(url)
@@ -79,7 +92,7 @@ class MongoResultBackend(ResultBackend):
         self._errors = self._db.errors
 
     def _coll(self, name: str) -> Any:
-        return self._db.collection(name, _EXPIRY)
+        return self._db.collection(name, _RESULT_INDEXES if name == "results" else _EXPIRY)
 
     def _now(self) -> datetime:
         return to_date(self._db.now())
@@ -95,7 +108,9 @@ class MongoResultBackend(ResultBackend):
             now = self._now()
             query = {"_id": record.task_id, **_writable(now, record.state)}
             change = {"$set": {"state": str(record.state), "data": bytes(record.data),
-                               "updated_at": now, "expires_at": self._expiry(ttl)}}
+                               "updated_at": now, "expires_at": self._expiry(ttl),
+                               "name": record.name, "queue": record.queue,
+                               "worker": record.worker}}
             # PENDING that hits an existing document has lost for good: no second try.
             tries = 1 if record.state == "PENDING" else 2
             done = _retry_duplicate(lambda: results.update_one(query, change, upsert=True),
@@ -118,7 +133,9 @@ class MongoResultBackend(ResultBackend):
                 now, expires = self._now(), self._expiry(ttl)
                 ops = [UpdateOne({"_id": r.task_id, **_writable(now, r.state)},
                                  {"$set": {"state": str(r.state), "data": bytes(r.data),
-                                           "updated_at": now, "expires_at": expires}},
+                                           "updated_at": now, "expires_at": expires,
+                                           "name": r.name, "queue": r.queue,
+                                           "worker": r.worker}},
                                  upsert=True) for r in part]
                 try:
                     self._coll("results").bulk_write(ops, ordered=False)
@@ -153,6 +170,41 @@ class MongoResultBackend(ResultBackend):
         """Delete the record. Idempotent."""
         with self._errors:
             self._coll("results").delete_one({"_id": task_id})
+
+    def query(self, query: RecordQuery) -> RecordPage:
+        """One indexed ``find`` sorted by (updated_at, _id) descending; the server picks the
+        (state | name | queue, updated_at) index or the time index. Times have BSON's
+        millisecond resolution: the cursor counts milliseconds."""
+        conds: list[dict[str, Any]] = [_live(self._now())]
+        for field, value in (("state", query.state), ("name", query.name),
+                             ("queue", query.queue), ("worker", query.worker)):
+            if value is not None:
+                conds.append({field: value})
+        if query.id_prefix:
+            conds.append({"_id": {"$regex": "^" + re.escape(query.id_prefix)}})
+        if query.since is not None:
+            conds.append({"updated_at": {"$gte": to_date(float(query.since))}})
+        if query.until is not None:
+            conds.append({"updated_at": {"$lt": to_date(float(query.until))}})
+        if query.cursor is not None:
+            ms, after = decode_cursor(query.cursor)
+            at = _EPOCH + timedelta(milliseconds=int(ms))
+            conds.append({"$or": [{"updated_at": {"$lt": at}},
+                                  {"updated_at": at, "_id": {"$lt": after}}]})
+        limit = max(int(query.limit), 1)
+        with self._errors:
+            docs = list(self._coll("results").find({"$and": conds})
+                        .sort([("updated_at", -1), ("_id", -1)]).limit(limit + 1))
+        page = docs[:limit]
+        records = [StoredRecord(d["_id"], d["state"], bytes(d["data"]), d.get("name"),
+                                d.get("queue"), d.get("worker")) for d in page]
+        if len(docs) <= limit:
+            return RecordPage(records, None)
+        last = page[-1]["updated_at"]
+        if last.tzinfo is None:
+            last = last.replace(tzinfo=timezone.utc)
+        ms_last = (last - _EPOCH) // timedelta(milliseconds=1)
+        return RecordPage(records, encode_cursor(float(ms_last), page[-1]["_id"]))
 
     # -- coordination ---------------------------------------------------------------------
     def join(self, key: str, member: str, *, ttl: float | None) -> int:

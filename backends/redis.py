@@ -9,6 +9,15 @@ Keys (prefix ``conveyor:`` by default)::
     conveyor:entry:<key>   STRING an entry's value; expires by PX
     conveyor:entries       ZSET  every entry key at score 0, for prefix scans by ZRANGEBYLEX;
                                  members whose entry expired are dropped when a scan meets them
+    conveyor:idx:all       ZSET  every task id, scored by the time of its last write (the
+                                 server's clock, microseconds), for ``query``; also
+    conveyor:idx:state:<s>, idx:name:<n>, idx:queue:<q>, idx:worker:<w>  the same per value.
+                                 The store script keeps them; a terminal write with a ttl
+                                 trims members older than that ttl (expired, when every writer
+                                 uses one ``result_expires``); a query drops the members whose
+                                 record is gone when it meets them.
+
+The result hash also keeps ``name``, ``queue`` and ``worker`` in the clear, for the filters.
 
 Why a token list rather than PUBLISH: a waiter reads the record, then blocks on the list. A
 result stored between the two leaves its token behind, so the waiter returns at once; with
@@ -23,7 +32,15 @@ import time
 from collections.abc import Iterable
 from typing import Any, ClassVar, cast
 
-from conveyor.backend import BackendCapabilities, ResultBackend, StoredRecord
+from conveyor.backend import (
+    BackendCapabilities,
+    RecordPage,
+    RecordQuery,
+    ResultBackend,
+    StoredRecord,
+    decode_cursor,
+    encode_cursor,
+)
 from conveyor.states import READY_STATES
 from conveyor.stores.redis import (
     RedisErrors,
@@ -40,24 +57,49 @@ _INLINE_MAX = 65536
 # Stores one or more records, each atomically with these rules: nothing replaces a terminal
 # record (first terminal write wins), and PENDING replaces nothing (it must not hide a
 # worker's progress). A terminal write leaves a "done" token that wakes waiters.
+# A written record is also (re)scored in the query indexes (see the module doc).
 # KEYS: result_1, done_1, result_2, done_2, ...
-# ARGV: ttl_ms (0: never expires), done_ttl_ms, state_1, data_1, state_2, data_2, ...
+# ARGV: ttl_ms (0: never expires), done_ttl_ms, index key prefix, length of the result key
+# prefix, then per record: state, data, name, queue, worker ('' where unknown).
 # Returns a list with 1 (written) or 0 per record.
 _STORE = """
 local terminal = {@TERMINAL@}
 local ttl = tonumber(ARGV[1])
 local done_ttl = tonumber(ARGV[2])
+local idx = ARGV[3]
+local skip = tonumber(ARGV[4])
 if ttl > 0 then done_ttl = math.min(done_ttl, ttl) end
+local clock = redis.call('TIME')
+local now = string.format('%d.%06d', clock[1], clock[2])
+local cutoff = false
+if ttl > 0 then cutoff = string.format('(%.6f', tonumber(now) - ttl / 1000) end
+local function score(key, id, trim)
+  redis.call('ZADD', key, now, id)
+  if trim then redis.call('ZREMRANGEBYSCORE', key, '-inf', cutoff) end
+end
 local written = {}
 for i = 1, #KEYS / 2 do
   local result, done = KEYS[2 * i - 1], KEYS[2 * i]
-  local state, data = ARGV[2 * i + 1], ARGV[2 * i + 2]
-  local current = redis.call('HGET', result, 'state')
+  local state, data = ARGV[5 * i], ARGV[5 * i + 1]
+  local old = redis.call('HMGET', result, 'state', 'name', 'queue', 'worker')
+  local current = old[1]
   if current and (terminal[current] or state == 'PENDING') then
     written[i] = 0
   else
-    redis.call('HSET', result, 'state', state, 'data', data)
+    local name, queue, worker = ARGV[5 * i + 2], ARGV[5 * i + 3], ARGV[5 * i + 4]
+    redis.call('HSET', result, 'state', state, 'data', data, 'name', name, 'queue', queue,
+               'worker', worker)
     if ttl > 0 then redis.call('PEXPIRE', result, ttl) else redis.call('PERSIST', result) end
+    local id = string.sub(result, skip + 1)
+    -- Trimming on terminal writes only is enough to bound the indexes, at half the cost.
+    local trim = cutoff and terminal[state]
+    score(idx .. 'all', id, trim)
+    local fields = {'state:', 'name:', 'queue:', 'worker:'}
+    local new = {state, name, queue, worker}
+    for f = 1, 4 do
+      if old[f] and old[f] ~= new[f] then redis.call('ZREM', idx .. fields[f] .. old[f], id) end
+      if new[f] ~= '' then score(idx .. fields[f] .. new[f], id, trim) end
+    end
     if terminal[state] then
       -- The token carries the record itself when small, so a woken waiter needs no second
       -- read. It never outlives the record: a token without one would make waiters spin.
@@ -75,6 +117,66 @@ end
 return written
 """.replace("@INLINE@", str(_INLINE_MAX)).replace(
     "@TERMINAL@", ", ".join(f"[{s!r}] = true" for s in sorted(READY_STATES)))
+
+# One page of a query: walks one index newest first from a position, testing each live
+# record against the filters; drops members whose record is gone. Bounded by a budget of
+# members looked at, so one call never blocks the server for long.
+# KEYS: the index; ARGV: result key prefix, max score ('+inf', '(t' or a cursor's score),
+# cursor id ('' for none), min score, state, name, queue, worker, id prefix ('' for any),
+# limit, budget. Returns {rows, score, id}: each row {id, state, data, name, queue, worker};
+# score and id are where the next call starts ('' when the index is exhausted).
+_QUERY = """
+local zkey, rp, maxs, cid, mins = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local want = {ARGV[5], ARGV[6], ARGV[7], ARGV[8]}
+local prefix = ARGV[9]
+local limit, budget = tonumber(ARGV[10]), tonumber(ARGV[11])
+local out, seen, offset = {}, 0, 0
+local last_score, last_id = maxs, cid
+local at_cursor = cid ~= '' and tonumber(maxs)
+while seen < budget do
+  local batch = redis.call('ZREVRANGEBYSCORE', zkey, maxs, mins, 'WITHSCORES', 'LIMIT',
+                           offset, 200)
+  if #batch == 0 then return {out, '', ''} end
+  local removed = 0
+  for j = 1, #batch, 2 do
+    local id, sc = batch[j], batch[j + 1]
+    seen = seen + 1
+    if not (at_cursor and tonumber(sc) == at_cursor and id >= cid) then
+      last_score, last_id = sc, id
+      if prefix == '' or string.sub(id, 1, #prefix) == prefix then
+        local row = redis.call('HMGET', rp .. id, 'state', 'name', 'queue', 'worker', 'data')
+        if not row[1] then
+          redis.call('ZREM', zkey, id)
+          removed = removed + 1
+        else
+          local ok = true
+          for f = 1, 4 do
+            if want[f] ~= '' and row[f] ~= want[f] then ok = false end
+          end
+          if ok then
+            out[#out + 1] = {id, row[1], row[5], row[2] or '', row[3] or '', row[4] or ''}
+            if #out >= limit then return {out, sc, id} end
+          end
+        end
+      end
+    end
+  end
+  offset = offset + #batch / 2 - removed
+end
+return {out, last_score, last_id}
+"""
+
+# Deletes a record and its wake token, and takes its id out of the query indexes.
+# KEYS: result, done; ARGV: index key prefix, task id.
+_FORGET = """
+local old = redis.call('HMGET', KEYS[1], 'state', 'name', 'queue', 'worker')
+local fields = {'state:', 'name:', 'queue:', 'worker:'}
+redis.call('ZREM', ARGV[1] .. 'all', ARGV[2])
+for f = 1, 4 do
+  if old[f] and old[f] ~= '' then redis.call('ZREM', ARGV[1] .. fields[f] .. old[f], ARGV[2]) end
+end
+return redis.call('DEL', KEYS[1], KEYS[2])
+"""
 
 # Adds a member and counts in one atomic step; an expired set is simply gone.
 # KEYS: join key; ARGV: member, ttl_ms (0: never expires). Returns the set's size.
@@ -121,7 +223,7 @@ class RedisResultBackend(ResultBackend):
     """
 
     capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(
-        native_expiry=True, push_wait=True, coordination=True)
+        native_expiry=True, push_wait=True, coordination=True, query=True)
 
     def __init__(self, url: URL, *, prefix: str = "conveyor:", **options: Any) -> None:
         super().__init__(url)
@@ -133,6 +235,9 @@ class RedisResultBackend(ResultBackend):
         self._store = self._client.register_script(_STORE)
         self._join = self._client.register_script(_JOIN)
         self._entries = self._client.register_script(_ENTRIES)
+        self._query = self._client.register_script(_QUERY)
+        self._forget = self._client.register_script(_FORGET)
+        self._index = f"{prefix}idx:"
         self._entry = f"{prefix}entry:"
         self._entry_index = f"{prefix}entries"
 
@@ -150,10 +255,11 @@ class RedisResultBackend(ResultBackend):
         written: list[bool] = []
         for start in range(0, len(batch), _STORE_CHUNK):
             keys: list[str] = []
-            args: list[Any] = [ttl_ms, _DONE_TTL_MS]
+            args: list[Any] = [ttl_ms, _DONE_TTL_MS, self._index, len(self._result)]
             for record in batch[start:start + _STORE_CHUNK]:
                 keys += (self._result + record.task_id, self._done + record.task_id)
-                args += (record.state, record.data)
+                args += (record.state, record.data, record.name or "", record.queue or "",
+                         record.worker or "")
             with self._errors:
                 written += (bool(w) for w in run_script(self._client, self._store, keys, args))
         return written
@@ -181,9 +287,47 @@ class RedisResultBackend(ResultBackend):
                 for task_id, (state, data) in zip(ids, rows, strict=True) if state is not None}
 
     def forget(self, task_id: str) -> None:
-        """Delete the record (and its wake token). Idempotent."""
+        """Delete the record (and its wake token, and its index entries). Idempotent."""
         with self._errors:
-            self._client.delete(self._result + task_id, self._done + task_id)
+            run_script(self._client, self._forget,
+                       [self._result + task_id, self._done + task_id], [self._index, task_id])
+
+    def query(self, query: RecordQuery) -> RecordPage:
+        """Walks one sorted-set index newest first (the name's, else the queue's, the
+        worker's, the state's, else ``idx:all``) and tests the other filters on each record,
+        in script calls of at most 5,000 members each, for at most ~0.2 s per page: a page
+        with a rare filter may come back short, with a cursor. An id prefix alone walks
+        ``idx:all`` (unindexed: fast while matches are common)."""
+        for kind, value in (("name:", query.name), ("queue:", query.queue),
+                            ("worker:", query.worker), ("state:", query.state)):
+            if value is not None:
+                index = self._index + kind + value
+                break
+        else:
+            index = self._index + "all"
+        top = "+inf" if query.until is None else f"({float(query.until)!r}"
+        at, after = top, ""
+        if query.cursor is not None:
+            cursor_at, after = decode_cursor(query.cursor)
+            at = repr(cursor_at)
+        low = "-inf" if query.since is None else repr(float(query.since))
+        limit = max(int(query.limit), 1)
+        rows: list[StoredRecord] = []
+        deadline = time.monotonic() + 0.2
+        while True:
+            args = [self._result, at, after, low, query.state or "", query.name or "",
+                    query.queue or "", query.worker or "", query.id_prefix or "",
+                    limit - len(rows), 5000]
+            with self._errors:
+                found, at_next, after_next = run_script(self._client, self._query, [index], args)
+            rows += (StoredRecord(i.decode(), s.decode(), bytes(d), n.decode() or None,
+                                  q.decode() or None, w.decode() or None)
+                     for i, s, d, n, q, w in found)
+            if not at_next:
+                return RecordPage(rows, None)
+            at, after = at_next.decode(), after_next.decode()
+            if len(rows) >= limit or time.monotonic() > deadline:
+                return RecordPage(rows, encode_cursor(float(at), after))
 
     def wait(self, task_id: str, *, timeout: float | None) -> StoredRecord | None:
         """Block until the record is terminal (woken by the store itself, not by polling);

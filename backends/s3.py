@@ -8,7 +8,14 @@ Object layout under the prefix (the bucket must exist)::
     <prefix>e/<key>         an entry of the coordination area
 
 Each object's body is the record's bytes as the core encoded them; its metadata holds the
-``state`` and ``expires-at`` (epoch seconds, absent for no expiry).
+``state`` and ``expires-at`` (epoch seconds, absent for no expiry), and for ``query`` the
+``written-at`` time (this client's clock) and the task's ``name``, ``queue`` and ``worker``
+(percent-encoded; left out when longer than 512 bytes encoded).
+
+**Query is unindexed here**: :meth:`S3ResultBackend.query` lists the record keys (under the id
+prefix when one is given, which S3's key order serves) and reads every record's metadata,
+so its cost grows with the number of records: fine for thousands, not for millions. Use a
+Redis, SQL or MongoDB backend for a dashboard over a large history.
 
 **The first terminal write wins** by a conditional put (``IfNoneMatch="*"``) on the terminal
 key: S3 lets exactly one of racing writers create it. An expired terminal record is replaced
@@ -36,10 +43,20 @@ import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
+from urllib.parse import quote, unquote
 
 from botocore.exceptions import ClientError
 
-from conveyor.backend import BackendCapabilities, ResultBackend, StoredRecord
+from conveyor.backend import (
+    BackendCapabilities,
+    RecordPage,
+    RecordQuery,
+    ResultBackend,
+    StoredRecord,
+    after_cursor,
+    decode_cursor,
+    encode_cursor,
+)
 from conveyor.exceptions import ConfigurationError, ConnectionLostError
 from conveyor.states import READY_STATES
 from conveyor.stores.aws import AwsErrors, client_defaults, error_code, make_client, options_of
@@ -53,6 +70,16 @@ _EXPIRES = "expires-at"
 
 def _expiry(ttl: float | None) -> dict[str, str]:
     return {} if ttl is None else {_EXPIRES: repr(time.time() + float(ttl))}
+
+
+def _labels(record: StoredRecord) -> dict[str, str]:
+    """The query fields as metadata (HTTP headers: ASCII, so percent-encoded)."""
+    found = {"written-at": repr(time.time())}
+    for field, value in (("name", record.name), ("queue", record.queue),
+                         ("worker", record.worker)):
+        if value is not None and len(encoded := quote(value, safe="")) <= 512:
+            found[field] = encoded
+    return found
 
 
 def _live(metadata: dict[str, str]) -> bool:
@@ -69,7 +96,8 @@ class S3ResultBackend(ResultBackend):
     ``wait``, default 1 s), ``connect_timeout``, ``max_attempts``.
     """
 
-    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(coordination=True)
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(coordination=True,
+                                                                      query=True)
 
     def __init__(self, url: URL, **options: Any) -> None:
         super().__init__(url)
@@ -147,7 +175,7 @@ class S3ResultBackend(ResultBackend):
         """A terminal record: one conditional put (plus a read and a second conditional put
         when an expired one is in the way). A progress record: a read of the terminal key,
         then a put of the progress key (PENDING only where no live record exists)."""
-        metadata = {"state": str(record.state), **_expiry(ttl)}
+        metadata = {"state": str(record.state), **_expiry(ttl), **_labels(record)}
         data = bytes(record.data)
         terminal = self._key("t", record.task_id)
         if record.ready:
@@ -190,6 +218,44 @@ class S3ResultBackend(ResultBackend):
         return {task_id: record for task_id, record in zip(ids, self._map(self.get, ids),
                                                            strict=True)
                 if record is not None}
+
+    def _labelled(self, task_id: str) -> tuple[float, StoredRecord] | None:
+        """``get`` with the query fields and the write time, from the object's metadata."""
+        for area in ("t", "p"):
+            found = self._read(self._key(area, task_id))
+            if found is not None and _live(found[1]):
+                meta = found[1]
+                state = meta.get("state", "")
+                if area == "p" and state in READY_STATES:
+                    continue
+                name, queue, worker = (unquote(meta[f]) if f in meta else None
+                                       for f in ("name", "queue", "worker"))
+                return (float(meta.get("written-at", "0")),
+                        StoredRecord(task_id, state, found[0], name, queue, worker))
+        return None
+
+    def query(self, query: RecordQuery) -> RecordPage:
+        """Unindexed (see the module doc): lists the keys, reads each record in parallel,
+        then filters and sorts in the client."""
+        cursor = None if query.cursor is None else decode_cursor(query.cursor)
+        stem = query.id_prefix or ""
+        ids = {key[len(self._key(area, "")):]
+               for area in ("t", "p") for key in self._keys(self._key(area, stem))}
+        found = []
+        for item in self._map(self._labelled, sorted(ids)):
+            if item is None:
+                continue
+            at, record = item
+            if (query.matches(record) and (query.since is None or at >= query.since)
+                    and (query.until is None or at < query.until)
+                    and after_cursor(at, record.task_id, cursor)):
+                found.append((at, record))
+        found.sort(key=lambda pair: (pair[0], pair[1].task_id), reverse=True)
+        limit = max(int(query.limit), 1)
+        page = found[:limit]
+        more = len(found) > limit
+        return RecordPage([r for _, r in page],
+                          encode_cursor(page[-1][0], page[-1][1].task_id) if more else None)
 
     def forget(self, task_id: str) -> None:
         """Delete both objects of the task. Idempotent."""

@@ -17,7 +17,15 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql as mysql_dialect
 from sqlalchemy.dialects import postgresql, sqlite
 
-from conveyor.backend import BackendCapabilities, ResultBackend, StoredRecord
+from conveyor.backend import (
+    BackendCapabilities,
+    RecordPage,
+    RecordQuery,
+    ResultBackend,
+    StoredRecord,
+    decode_cursor,
+    encode_cursor,
+)
 from conveyor.exceptions import DriverError
 from conveyor.states import READY_STATES
 from conveyor.stores.sql import SQLStore, backoff, check_options
@@ -26,6 +34,8 @@ from conveyor.url import URL
 _TERMINAL = sorted(READY_STATES)
 _CHUNK = 500  # ids per IN (...) list: well under every dialect's parameter limit
 _MYSQL_DUPLICATE_KEY = 1062
+#: Columns a write replaces (all but the key).
+_WRITTEN = ("state", "data", "updated_at", "expires_at", "name", "queue", "worker")
 
 
 class SQLResultBackend(ResultBackend):
@@ -36,7 +46,8 @@ class SQLResultBackend(ResultBackend):
     wakes on ``NOTIFY`` as soon as a terminal state is stored.
     """
 
-    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(coordination=True)
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(coordination=True,
+                                                                      query=True)
 
     def __init__(self, url: URL, *, table_prefix: str = "conveyor_",
                  poll_interval: float = 0.2, pool_size: int = 10, **options: Any) -> None:
@@ -68,7 +79,8 @@ class SQLResultBackend(ResultBackend):
         now = self._db.now()
         values = {"task_id": record.task_id, "state": str(record.state),
                   "data": bytes(record.data), "updated_at": now,
-                  "expires_at": None if ttl is None else now + float(ttl)}
+                  "expires_at": None if ttl is None else now + float(ttl),
+                  "name": record.name, "queue": record.queue, "worker": record.worker}
         if self._db.dialect == "mysql":
             written = self._store_mysql(values, now)
         else:
@@ -76,8 +88,7 @@ class SQLResultBackend(ResultBackend):
             stmt = insert(self._t).values(values)
             stmt = stmt.on_conflict_do_update(
                 index_elements=[self._t.c.task_id],
-                set_={k: stmt.excluded[k] for k in ("state", "data", "updated_at",
-                                                      "expires_at")},
+                set_={k: stmt.excluded[k] for k in _WRITTEN},
                 where=self._writable(now, values["state"]))
             with self._db.begin(single=True) as conn:
                 # Both dialects count a row the WHERE skipped as 0, an insert or update as 1.
@@ -100,7 +111,8 @@ class SQLResultBackend(ResultBackend):
         now = self._db.now()
         expires = None if ttl is None else now + float(ttl)
         rows = [{"task_id": r.task_id, "state": str(r.state), "data": bytes(r.data),
-                 "updated_at": now, "expires_at": expires} for r in batch]
+                 "updated_at": now, "expires_at": expires, "name": r.name, "queue": r.queue,
+                 "worker": r.worker} for r in batch]
         insert = postgresql.insert if self._db.dialect == "postgresql" else sqlite.insert
         upsert = insert(self._t).values(rows)
         # The row-by-row rule of _writable(), with the state being written taken from
@@ -110,7 +122,7 @@ class SQLResultBackend(ResultBackend):
                                        & self._t.c.state.not_in(_TERMINAL))
         stmt = upsert.on_conflict_do_update(
             index_elements=[self._t.c.task_id],
-            set_={k: upsert.excluded[k] for k in ("state", "data", "updated_at", "expires_at")},
+            set_={k: upsert.excluded[k] for k in _WRITTEN},
             where=writable).returning(self._t.c.task_id)
         with self._db.begin(single=True) as conn:
             written = {row[0] for row in conn.execute(stmt)}
@@ -161,6 +173,45 @@ class SQLResultBackend(ResultBackend):
                 for row in conn.execute(query):
                     found[row.task_id] = StoredRecord(row.task_id, row.state, bytes(row.data))
         return found
+
+    def query(self, query: RecordQuery) -> RecordPage:
+        """One indexed query: the database walks ``results_by_name``, ``_by_queue`` or
+        ``_by_state`` (the first filter given, in that order) or ``results_recent``, newest
+        first, from the cursor on. A worker or id-prefix filter alone walks
+        ``results_recent`` and tests each row (fast while matches are common)."""
+        t = self._t
+        cursor = None if query.cursor is None else decode_cursor(query.cursor)
+        where = [self._live(self._db.now())]
+        for column, value in (("state", query.state), ("name", query.name),
+                              ("queue", query.queue), ("worker", query.worker)):
+            if value is not None:
+                where.append(t.c[column] == value)
+        if query.id_prefix:
+            prefix = query.id_prefix
+            length = len(prefix)  # characters on every dialect (ids are not VARBINARY)
+            # Equality with the id's start, not LIKE (SQLite's LIKE ignores case, and '%'
+            # and '_' would need escaping).
+            where.append(sa.func.substr(t.c.task_id, 1, length) == prefix)
+        if query.since is not None:
+            where.append(t.c.updated_at >= float(query.since))
+        if query.until is not None:
+            where.append(t.c.updated_at < float(query.until))
+        if cursor is not None:
+            where.append((t.c.updated_at < cursor[0])
+                         | ((t.c.updated_at == cursor[0]) & (t.c.task_id < cursor[1])))
+        limit = max(int(query.limit), 1)
+        select = (sa.select(t.c.task_id, t.c.state, t.c.data, t.c.updated_at, t.c.name,
+                            t.c.queue, t.c.worker)
+                  .where(*where).order_by(t.c.updated_at.desc(), t.c.task_id.desc())
+                  .limit(limit + 1))
+        with self._db.begin(read=True) as conn:
+            rows = conn.execute(select).all()
+        page = rows[:limit]
+        records = [StoredRecord(r.task_id, r.state, bytes(r.data), r.name, r.queue, r.worker)
+                   for r in page]
+        more = len(rows) > limit
+        return RecordPage(records, encode_cursor(float(page[-1].updated_at), page[-1].task_id)
+                          if more else None)
 
     def forget(self, task_id: str) -> None:
         """Delete the record. Idempotent."""

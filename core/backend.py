@@ -14,17 +14,27 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from conveyor.exceptions import DriverError
 from conveyor.states import READY_STATES
 from conveyor.url import URL
 
 
 @dataclass(frozen=True, slots=True)
 class StoredRecord:
-    """What a backend driver keeps per task: its id, its state and the core's encoded data."""
+    """What a backend driver keeps per task: its id, its state and the core's encoded data.
+
+    ``name``, ``queue`` and ``worker`` (the task's name, the queue it came from, the worker
+    that wrote the record) are copies of fields inside ``data``, given in the clear so that a
+    driver declaring ``capabilities.query`` can index them; other drivers ignore them, and
+    records read back may leave them ``None``.
+    """
 
     task_id: str
     state: str
     data: bytes
+    name: str | None = None
+    queue: str | None = None
+    worker: str | None = None
 
     @property
     def ready(self) -> bool:
@@ -43,6 +53,74 @@ class BackendCapabilities:
     #: The coordination primitives (:meth:`ResultBackend.join` and the entry area) are
     #: implemented: chords, cluster-wide rate limits and the worker registry need them.
     coordination: bool = False
+    #: :meth:`ResultBackend.query` is implemented (the dashboard's task list needs it).
+    query: bool = False
+
+
+@dataclass(frozen=True)
+class RecordQuery:
+    """Which records :meth:`ResultBackend.query` returns: every filter given must match.
+
+    ``since``/``until`` bound the time of a record's last write (``since <= t < until``,
+    epoch seconds, the server's clock where there is one). ``id_prefix`` matches the start
+    of the task id exactly (case-sensitive). ``cursor`` is the ``cursor`` of the previous
+    :class:`RecordPage`, opaque to callers.
+    """
+
+    state: str | None = None
+    name: str | None = None
+    queue: str | None = None
+    worker: str | None = None
+    id_prefix: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = 50
+    cursor: str | None = None
+
+    def matches(self, record: StoredRecord) -> bool:
+        """True when ``record`` passes every filter but the time bounds (for drivers that
+        filter in the client)."""
+        return ((self.state is None or record.state == self.state)
+                and (self.name is None or record.name == self.name)
+                and (self.queue is None or record.queue == self.queue)
+                and (self.worker is None or record.worker == self.worker)
+                and (self.id_prefix is None or record.task_id.startswith(self.id_prefix)))
+
+
+@dataclass(frozen=True)
+class RecordPage:
+    """One page of a query, newest write first (ties: greater task id first). ``cursor`` is
+    None when nothing is left; a page may hold fewer than ``limit`` records while a cursor
+    remains (a driver bounds the work one call does)."""
+
+    records: list[StoredRecord]
+    cursor: str | None
+
+
+def encode_cursor(written_at: float, task_id: str) -> str:
+    """The cursor after the record written at ``written_at`` with id ``task_id``."""
+    return f"{written_at!r}:{task_id}"
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """``(written_at, task_id)`` of a cursor made by :func:`encode_cursor`; a
+    :class:`~conveyor.exceptions.DriverError` for anything else."""
+    head, sep, task_id = cursor.partition(":")
+    try:
+        if not sep:
+            raise ValueError(cursor)
+        return float(head), task_id
+    except ValueError:
+        raise DriverError(f"invalid query cursor {cursor[:80]!r}: pass back the cursor of "
+                          "the previous page unchanged") from None
+
+
+def after_cursor(written_at: float, task_id: str, cursor: tuple[float, str] | None) -> bool:
+    """True when a record sorts after ``cursor`` in query order (newest first, then the
+    greater id)."""
+    if cursor is None:
+        return True
+    return written_at < cursor[0] or (written_at == cursor[0] and task_id < cursor[1])
 
 
 class ResultBackend(ABC):
@@ -132,6 +210,13 @@ class ResultBackend(ABC):
     def delete_entry(self, key: str) -> None:
         """Delete the entry ``key``. Idempotent."""
         raise NotImplementedError(f"{type(self).__name__} has no coordination primitives")
+
+    def query(self, query: RecordQuery) -> RecordPage:
+        """Live records matching ``query``, newest write first (ties: greater id first), at
+        most ``query.limit`` of them, and a cursor for the rest. Following the cursors visits
+        every match once (records rewritten meanwhile may move). Raises
+        :class:`NotImplementedError` where ``capabilities.query`` is False."""
+        raise NotImplementedError(f"{type(self).__name__} cannot query records")
 
     @abstractmethod
     def purge_expired(self) -> int:

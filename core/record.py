@@ -63,7 +63,8 @@ class TaskRecord:
         data = {name: value for name in _FIELDS
                 if (value := getattr(self, name)) is not None
                 and (value != [] or name == "result")}
-        return StoredRecord(self.task_id, self.state, dumps_json(data))
+        return StoredRecord(self.task_id, self.state, dumps_json(data), self.task, self.queue,
+                            self.worker)
 
     @classmethod
     def from_stored(cls, stored: StoredRecord) -> TaskRecord:

@@ -7,7 +7,9 @@ Tables (``<p>`` is the ``table_prefix``, ``conveyor_`` by default)::
                  the claim on every dialect)
                  index (queue, precedence, available_at, id): the claim reads it in order
     <p>dead      id, queue, body, reason, dead_at
-    <p>results   task_id, state, data, expires_at, updated_at
+    <p>results   task_id, state, data, expires_at, updated_at, name, queue, worker (the
+                 task's name, queue and worker in the clear, for ``query``); indexes on
+                 updated_at and on (state | name | queue, updated_at)
     <p>joins     key, member, expires_at: the sets of ``ResultBackend.join``; a head row
                  (member '') per key holds the set's lock and expiry, members are stored
                  as 'm' + member
@@ -47,7 +49,8 @@ from conveyor.url import URL
 
 _PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
 #: v2: ``messages.precedence`` (priorities) and the claim index that orders by it.
-SCHEMA_VERSION = 2
+#: v3: ``results.name/queue/worker`` and the query indexes.
+SCHEMA_VERSION = 3
 _TABLES_OF = {"broker": ("messages", "dead"), "backend": ("results", "joins", "entries")}
 _CLIENT_FOR = {"postgresql": ("psycopg", "postgres"), "mysql": ("pymysql", "mysql"),
                "mariadb": ("pymysql", "mysql")}
@@ -138,7 +141,15 @@ def build_tables(prefix: str) -> Tables:
         sa.Column("data", blob, nullable=False),
         sa.Column("expires_at", sa.Double(), nullable=True),
         sa.Column("updated_at", sa.Double(), nullable=False),
+        sa.Column("name", key(255), nullable=True),
+        sa.Column("queue", key(255), nullable=True),
+        sa.Column("worker", key(255), nullable=True),
         sa.Index(f"{prefix}results_expiry", "expires_at"),
+        # The query walks one of these newest first (see SQLResultBackend.query).
+        sa.Index(f"{prefix}results_recent", "updated_at", "task_id"),
+        sa.Index(f"{prefix}results_by_state", "state", "updated_at"),
+        sa.Index(f"{prefix}results_by_name", "name", "updated_at"),
+        sa.Index(f"{prefix}results_by_queue", "queue", "updated_at"),
     )
     schema = sa.Table(
         f"{prefix}schema", md,
@@ -559,6 +570,8 @@ class SQLStore:
         elif found < SCHEMA_VERSION:
             if self.component == "broker" and found < 2:
                 self._add_precedence()
+            if self.component == "backend" and found < 3:
+                self._add_query_columns()
             with self.engine.begin() as conn:
                 conn.execute(table.update().where(table.c.component == self.component)
                              .values(version=SCHEMA_VERSION))
@@ -580,6 +593,23 @@ class SQLStore:
         old = sa.Index(f"{self.prefix}messages_claim", t.c.queue, t.c.available_at, t.c.id)
         with contextlib.suppress(sa_exc.DBAPIError):
             old.drop(self.engine)
+
+    def _add_query_columns(self) -> None:
+        """Migrate the results table to v3: the name/queue/worker columns and the query
+        indexes (idempotent, safe when several processes migrate at once). Rows written
+        before keep NULL there: they are found by state and time, not by name/queue/worker."""
+        t = self.tables.results
+        with self.engine.begin() as conn:
+            columns = {c["name"] for c in sa.inspect(conn).get_columns(t.name)}
+        for name in ("name", "queue", "worker"):
+            if name not in columns:
+                kind = t.c[name].type.compile(dialect=self.engine.dialect)
+                # The table name is a validated identifier (see _PREFIX).
+                with contextlib.suppress(sa_exc.DBAPIError), self.engine.begin() as conn:
+                    conn.execute(sa.text(f"ALTER TABLE {t.name} ADD COLUMN {name} {kind}"))
+        for index in t.indexes:
+            with contextlib.suppress(sa_exc.DBAPIError):
+                index.create(self.engine)
 
     def info(self) -> dict[str, str]:
         """Facts for ``conveyor check``: dialect, table prefix and the recorded schema version
