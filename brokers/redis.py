@@ -12,6 +12,8 @@ share a Cluster slot)::
     conveyor:{q}:dead       ZSET  id -> time dead-lettered (µs, strictly increasing)
     conveyor:{q}:deadbody   HASH  id -> message bytes
     conveyor:{q}:reason     HASH  id -> why it was dead-lettered
+    conveyor:{q}:ranked     ZSET  ready ids with a priority above 0, served first
+    conveyor:{q}:priority   HASH  id -> priority (above 0 only), kept until acked
     conveyor:queues         SET   names of queues ever enqueued to
 
 Every state change is one call of ``redis_broker.lua`` (read it for the details) or, for
@@ -48,7 +50,7 @@ if TYPE_CHECKING:
     from redis.commands.core import Script
 
 _SUFFIXES = ("ready", "delayed", "reserved", "body", "attempts", "wake", "dead", "deadbody",
-             "reason")
+             "reason", "ranked", "priority")
 _WAKE = _SUFFIXES.index("wake")
 _ENQUEUE_KEYS = tuple(_SUFFIXES.index(s) for s in ("ready", "delayed", "body", "wake"))
 _CHUNK = 1000  # messages or ids per script call: keeps each call short for other clients
@@ -77,7 +79,8 @@ class RedisBroker(Broker):
     """
 
     capabilities: ClassVar[BrokerCapabilities] = BrokerCapabilities(
-        time_resolution=0.001, fifo=True, max_message_size=512 << 20)  # proto-max-bulk-len
+        time_resolution=0.001, fifo=True, priorities=True,
+        max_message_size=512 << 20)  # proto-max-bulk-len
 
     def __init__(self, url: URL, *, prefix: str = "conveyor:", **options: Any) -> None:
         super().__init__(url)
@@ -119,28 +122,36 @@ class RedisBroker(Broker):
             keys = self._enqueue_keys[queue] = tuple(every[i] for i in _ENQUEUE_KEYS)
         return keys
 
-    def enqueue(self, queue: str, message: bytes, *, delay: float = 0.0) -> str:
+    def enqueue(self, queue: str, message: bytes, *, delay: float = 0.0,
+                priority: int = 0) -> str:
         """Store one message (atomic), without waiting for Redis's reply.
 
         Returns once the command is written to this thread's connection; the reply is read
         before the thread's next broker call (see :mod:`conveyor.brokers.redis_sender`), so
-        an error in storing it is raised there, never lost.
+        an error in storing it is raised there, never lost. A message with a priority is
+        stored with one confirmed script call instead.
         """
+        if priority:
+            return self.enqueue_many(queue, [message], delay=delay, priority=priority)[0]
         message_id = _new_id()
         self._sender.send(self._enqueue_keys_of(queue), (_ms(delay), message_id, message))
         return message_id
 
     def enqueue_many(self, queue: str, messages: Sequence[bytes], *,
-                     delay: float = 0.0) -> list[str]:
+                     delay: float = 0.0, priority: int = 0) -> list[str]:
         """Store messages with one script call per 1,000 (each call atomic)."""
         ids = [_new_id() for _ in messages]
         delay_ms = _ms(delay)
+        keys = self._enqueue_keys_of(queue)
         for start in range(0, len(ids), _CHUNK):
-            args: list[Any] = [delay_ms]
+            args: list[Any] = ["enqueue", delay_ms, int(priority)] if priority else [delay_ms]
             for message_id, body in zip(ids[start:start + _CHUNK],
                                         messages[start:start + _CHUNK], strict=True):
                 args += (message_id, body)
-            self._eval(self._enqueue, self._enqueue_keys_of(queue), args)
+            if priority:
+                self._call(queue, *args)
+            else:
+                self._eval(self._enqueue, keys, args)
         return ids
 
     # -- consuming ------------------------------------------------------------------------

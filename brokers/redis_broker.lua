@@ -2,7 +2,7 @@
 -- (enqueue, the hot path, has its own small script: redis_enqueue.lua).
 --
 -- Called as EVALSHA sha numkeys KEYS... op args... with ARGV[1] naming the operation.
--- Every queue is passed as the same 9 keys, in this order (see brokers/redis.py):
+-- Every queue is passed as the same 11 keys, in this order (see brokers/redis.py):
 --   1 ready     LIST  message ids ready now, consumed from the left
 --   2 delayed   ZSET  id -> due time (ms, server clock)
 --   3 reserved  ZSET  id -> lease expiry (ms, server clock)
@@ -12,6 +12,12 @@
 --   7 dead      ZSET  id -> time dead-lettered (µs, strictly increasing)
 --   8 deadbody  HASH  id -> message bytes
 --   9 reason    HASH  id -> why it was dead-lettered
+--  10 ranked    ZSET  ids ready now with a priority above 0, score (9 - priority) * 1e13 +
+--                     ms: served before `ready`, highest priority first, FIFO within one
+--  11 priority  HASH  id -> priority, for messages above 0 (kept until ack/dead/purge, so
+--                     a nacked, delayed or lease-expired message goes back to its level)
+--
+-- Priority 0, the default, never touches keys 10 and 11: the hot path is unchanged.
 --
 -- Lease token: every delivery increments the message's attempts, so the attempts count a
 -- consumer got from reserve identifies its delivery. ack/nack/extend/dead check it, so a
@@ -20,7 +26,8 @@
 -- Times come from the server's clock (TIME) so hosts with skewed clocks agree. Redis >= 5
 -- replicates scripts by their effects, which is what makes TIME before a write legal.
 
-local K = 9
+local K = 11
+local LEVEL = 1e13  -- more than any ms timestamp; scores stay exact integers in a double
 local op = ARGV[1]
 
 local function now_ms()
@@ -32,7 +39,8 @@ local function queue_keys(i)
   local b = (i - 1) * K
   return {ready = KEYS[b + 1], delayed = KEYS[b + 2], reserved = KEYS[b + 3],
           body = KEYS[b + 4], attempts = KEYS[b + 5], wake = KEYS[b + 6],
-          dead = KEYS[b + 7], deadbody = KEYS[b + 8], reason = KEYS[b + 9]}
+          dead = KEYS[b + 7], deadbody = KEYS[b + 8], reason = KEYS[b + 9],
+          ranked = KEYS[b + 10], priority = KEYS[b + 11]}
 end
 
 -- One token is enough: a woken consumer that leaves messages behind passes the token on.
@@ -60,19 +68,58 @@ local function chunked(cmd, key, items)
   end
 end
 
+-- Make ids ready: priority-0 ones to the back (or, with `front`, the front) of `ready`, the
+-- others into `ranked` at their level (at its front with `front`).
+local function make_ready(q, ids, now, front)
+  if redis.call('HLEN', q.priority) == 0 then
+    redis.call(front and 'LPUSH' or 'RPUSH', q.ready, unpack(ids))
+    return
+  end
+  local plain = {}
+  for _, id in ipairs(ids) do
+    local p = redis.call('HGET', q.priority, id)
+    if p then
+      redis.call('ZADD', q.ranked, (9 - tonumber(p)) * LEVEL + (front and 0 or now), id)
+    else
+      plain[#plain + 1] = id
+    end
+  end
+  if #plain > 0 then
+    redis.call(front and 'LPUSH' or 'RPUSH', q.ready, unpack(plain))
+  end
+end
+
 -- Due delayed messages join the back of ready; expired leases the front (they waited longest).
 -- This is what recovers a dead worker's messages: no separate daemon is needed.
 local function promote(q, now)
   local due = redis.call('ZRANGEBYSCORE', q.delayed, '-inf', now, 'LIMIT', 0, 1000)
   if #due > 0 then
-    redis.call('RPUSH', q.ready, unpack(due))
+    make_ready(q, due, now, false)
     redis.call('ZREM', q.delayed, unpack(due))
   end
   local lost = redis.call('ZRANGEBYSCORE', q.reserved, '-inf', now, 'LIMIT', 0, 1000)
   if #lost > 0 then
-    redis.call('LPUSH', q.ready, unpack(lost))
+    make_ready(q, lost, now, true)
     redis.call('ZREM', q.reserved, unpack(lost))
   end
+end
+
+local function ready_count(q)
+  return redis.call('LLEN', q.ready) + redis.call('ZCARD', q.ranked)
+end
+
+-- Up to `n` ready ids: ranked ones (highest priority first), then plain ones.
+local function take(q, n)
+  local ids = {}
+  local top = redis.call('ZPOPMIN', q.ranked, n)
+  for i = 1, #top, 2 do ids[#ids + 1] = top[i] end
+  if #ids < n then
+    local plain = redis.call('LPOP', q.ready, n - #ids)
+    if plain then
+      for _, id in ipairs(plain) do ids[#ids + 1] = id end
+    end
+  end
+  return ids
 end
 
 local function first_score(key)
@@ -95,8 +142,8 @@ function ops.reserve()
     if left <= 0 then break end
     local q = queue_keys(qi)
     promote(q, now)
-    local ids = redis.call('LPOP', q.ready, left)
-    if ids then
+    local ids = take(q, left)
+    if #ids > 0 then
       local leases = {}
       for _, id in ipairs(ids) do
         local body = redis.call('HGET', q.body, id)
@@ -111,13 +158,14 @@ function ops.reserve()
           left = left - 1
         else
           redis.call('HDEL', q.attempts, id)  -- body gone (purged): drop the orphan id
+          redis.call('HDEL', q.priority, id)
         end
       end
       if #leases > 0 then
         chunked('ZADD', q.reserved, leases)  -- score/member pairs: chunks of 1000 stay paired
       end
     end
-    if redis.call('LLEN', q.ready) > 0 then
+    if ready_count(q) > 0 then
       wake(q)
     else
       redis.call('DEL', q.wake)  -- nothing to wake for: a stale token would cost a spin
@@ -144,6 +192,7 @@ function ops.ack()
   redis.call('ZREM', q.reserved, id)
   redis.call('HDEL', q.body, id)
   redis.call('HDEL', q.attempts, id)
+  redis.call('HDEL', q.priority, id)
   return 1
 end
 
@@ -159,6 +208,7 @@ function ops.ackmany()
     chunked('ZREM', q.reserved, gone)
     chunked('HDEL', q.body, gone)
     chunked('HDEL', q.attempts, gone)
+    if redis.call('HLEN', q.priority) > 0 then chunked('HDEL', q.priority, gone) end
   end
   return #gone
 end
@@ -172,7 +222,7 @@ function ops.nack()
   if delay > 0 then
     redis.call('ZADD', q.delayed, now + delay, id)
   else
-    redis.call('LPUSH', q.ready, id)
+    make_ready(q, {id}, now, true)
   end
   wake(q)
   return 1
@@ -195,6 +245,7 @@ function ops.dead()
   redis.call('ZREM', q.reserved, id)
   redis.call('HDEL', q.body, id)
   redis.call('HDEL', q.attempts, id)
+  redis.call('HDEL', q.priority, id)
   -- Scores in µs, strictly increasing, so the listing keeps the order messages died in.
   local score = now * 1000
   local last = redis.call('ZRANGE', q.dead, -1, -1, 'WITHSCORES')
@@ -211,7 +262,7 @@ function ops.stats()
   local q, now = queue_keys(1), now_ms()
   local due = redis.call('ZCOUNT', q.delayed, '-inf', now)
   local lost = redis.call('ZCOUNT', q.reserved, '-inf', now)
-  return {redis.call('LLEN', q.ready) + due + lost,
+  return {ready_count(q) + due + lost,
           redis.call('ZCARD', q.delayed) - due,
           redis.call('ZCARD', q.reserved) - lost,
           redis.call('ZCARD', q.dead)}
@@ -222,11 +273,13 @@ function ops.purge()
   local q = queue_keys(1)
   local ids = redis.call('LRANGE', q.ready, 0, -1)
   for _, id in ipairs(redis.call('ZRANGE', q.delayed, 0, -1)) do ids[#ids + 1] = id end
+  for _, id in ipairs(redis.call('ZRANGE', q.ranked, 0, -1)) do ids[#ids + 1] = id end
   if #ids > 0 then
     chunked('HDEL', q.body, ids)
     chunked('HDEL', q.attempts, ids)
+    chunked('HDEL', q.priority, ids)
   end
-  redis.call('DEL', q.ready, q.delayed)
+  redis.call('DEL', q.ready, q.delayed, q.ranked)
   return #ids
 end
 
@@ -261,6 +314,25 @@ function ops.deldead()
     redis.call('HDEL', q.reason, unpack(ARGV, i, j))
   end
   return n
+end
+
+-- ARGV: delay_ms, priority (1..9), id1, body1, id2, body2, ... -> number stored. Priority 0
+-- goes through redis_enqueue.lua instead.
+function ops.enqueue()
+  local q, now = queue_keys(1), now_ms()
+  local delay, p = tonumber(ARGV[2]), tonumber(ARGV[3])
+  for i = 4, #ARGV, 2 do
+    local id = ARGV[i]
+    redis.call('HSET', q.body, id, ARGV[i + 1])
+    redis.call('HSET', q.priority, id, p)
+    if delay > 0 then
+      redis.call('ZADD', q.delayed, now + delay, id)
+    else
+      redis.call('ZADD', q.ranked, (9 - p) * LEVEL + now, id)
+    end
+  end
+  wake(q)
+  return (#ARGV - 3) / 2
 end
 
 local fn = ops[op]

@@ -77,7 +77,7 @@ def test_rate_limit_is_held_by_two_workers_together(app: Any, workers: Workers) 
     assert all(len(r.attempts) == 1 for r in results), "no attempt was counted for a wait"
 
 
-@pytest.mark.parametrize("pair", ["sqlite", "postgres"], indirect=True)
+@pytest.mark.parametrize("pair", THREE, indirect=True)
 def test_priorities_reorder_a_backlog(app: Any, workers: Workers) -> None:
     import e2e_tasks
 
