@@ -126,6 +126,14 @@ def main() -> None:
                 "celery", _env({"BENCH_CELERY_BROKER_URL": r[2],
                                 "BENCH_CELERY_BACKEND_URL": pg_celery}), flush_redis(r[2:])),
         }
+        # Create conveyor's tables once, here: a worker and a client creating them at the
+        # same moment can collide in PostgreSQL's catalog.
+        from conveyor import Conveyor
+
+        schema = Conveyor("schema", broker=pg, backend=pg)
+        schema.broker.purge("default")
+        schema.backend.get("schema-check")
+        schema.close()
         results: dict[str, list[dict[str, float]]] = {name: [] for name in systems}
         names = list(systems)
         for round_no in range(args.rounds):

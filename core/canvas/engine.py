@@ -45,6 +45,11 @@ log = logging.getLogger("conveyor.canvas")
 #: Prefixes of the chord keys in the backend's coordination area.
 CHORD_ENTRY = "chord:"
 CHORD_JOIN = "chord-join:"
+#: ``chord-value:<group id>:<member>``: a header member's value, so the completer reads all
+#: of them in one ``entries`` call (its record is kept too, for its own AsyncResult).
+CHORD_VALUE = "chord-value:"
+#: ``member_done`` without a value: the member failed.
+NO_VALUE: Any = object()
 #: Options that say where a node sits in a workflow, never sent as message options.
 STRUCTURE_OPTIONS = ("task_id", "group_id", "link", "link_error", "chord", "root_id",
                      "parent_id")
@@ -370,14 +375,21 @@ class Follower:
         self.ttl = app.conf.result_expires
 
     # -- success ----------------------------------------------------------------------------
-    def member_done(self, membership: dict[str, Any], member: str) -> None:
-        """``member`` (a header's result id, its outcome already stored) joins the chord;
-        the caller that completes the set starts the body (or fails the chord)."""
-        pending: list[tuple[dict[str, Any], str]] = [(membership, member)]
+    def member_done(self, membership: dict[str, Any], member: str,
+                    value: Any = NO_VALUE) -> None:
+        """``member`` (a header's result id, its outcome already stored) joins the chord
+        with ``value`` (none when it failed); the caller that completes the set starts the
+        body (or fails the chord)."""
+        pending: list[tuple[dict[str, Any], str, Any]] = [(membership, member, value)]
+        backend = self.app.backend
         while pending:
-            joining, who = pending.pop()
+            joining, who, given = pending.pop()
             gid, n = str(joining["id"]), int(joining["n"])
-            backend = self.app.backend
+            if given is not NO_VALUE:
+                kind_, packed = self.app.result_codec.pack(given)
+                self.reliably(functools.partial(
+                    backend.put_entry, f"{CHORD_VALUE}{gid}:{who}",
+                    json.dumps([kind_, packed]).encode(), ttl=self.ttl))
             count = self.reliably(functools.partial(backend.join, CHORD_JOIN + gid, who,
                                                     ttl=self.ttl))
             if count < n:
@@ -387,19 +399,32 @@ class Follower:
                 log.error("chord %s complete but its entry is gone (expired?): body not "
                           "started", gid)
                 continue
-            ids = list(entry["ids"])
-            stored = self.reliably(functools.partial(backend.get_many, ids))
-            failed = next((i for i in ids if i not in stored or stored[i].state != SUCCESS),
-                          None)
-            if failed is not None:
-                record = (TaskRecord.from_stored(stored[failed]) if failed in stored else None)
-                nxt = self.chord_failed(gid, entry, failed, record)
-            else:
-                codec = self.app.result_codec
-                values = [TaskRecord.from_stored(stored[i]).value(codec) for i in ids]
-                nxt = self._body(gid, entry, values)
+            nxt = self._complete(gid, entry)
             if nxt is not None:
                 pending.append(nxt)
+
+    def _complete(self, gid: str, entry: dict[str, Any]) -> tuple[dict[str, Any], str, Any] | None:
+        """The set is complete: run the body with the values, or fail the chord."""
+        backend, codec = self.app.backend, self.app.result_codec
+        ids = list(entry["ids"])
+        prefix = f"{CHORD_VALUE}{gid}:"
+        found = self.reliably(functools.partial(backend.entries, prefix))
+        if all(prefix + i in found for i in ids):
+            values = []
+            for i in ids:
+                kind_, packed = json.loads(found[prefix + i])
+                values.append(codec.unpack(kind_, packed))
+            return self._body(gid, entry, values)
+        # Some member has no value: find the (first) failed one from the records.
+        stored = self.reliably(functools.partial(backend.get_many, ids))
+        failed = next((i for i in ids if prefix + i not in found and (
+            i not in stored or stored[i].state != SUCCESS)), None)
+        if failed is None:  # every value is recorded after all (written since): go on
+            values = [codec.unpack(*json.loads(found[prefix + i])) if prefix + i in found
+                      else TaskRecord.from_stored(stored[i]).value(codec) for i in ids]
+            return self._body(gid, entry, values)
+        record = TaskRecord.from_stored(stored[failed]) if failed in stored else None
+        return self.chord_failed(gid, entry, failed, record)
 
     def _entry(self, gid: str) -> dict[str, Any] | None:
         found = self.reliably(lambda: self.app.backend.entries(CHORD_ENTRY + gid))
@@ -407,7 +432,7 @@ class Follower:
         return json.loads(raw) if raw is not None else None
 
     def _body(self, gid: str, entry: dict[str, Any],
-              values: list[Any]) -> tuple[dict[str, Any], str] | None:
+              values: list[Any]) -> tuple[dict[str, Any], str, Any] | None:
         body = entry.get("body")
         if body is not None:
             self.launcher.launch(body, input=(values,), parent=gid, rest=entry.get("rest"),
@@ -418,7 +443,7 @@ class Follower:
 
     def group_done(self, gid: str, values: list[Any], after: list[dict[str, Any]],
                    member_of: dict[str, Any] | None, *,
-                   deferred: bool = False) -> tuple[dict[str, Any], str] | None:
+                   deferred: bool = False) -> tuple[dict[str, Any], str, Any] | None:
         """A group inside a workflow finished: record its list under its id, then go on."""
         kind_, packed = self.app.result_codec.pack(values)
         now = time.time()
@@ -432,8 +457,8 @@ class Follower:
         if member_of is None:
             return None
         if deferred:
-            return member_of, gid
-        self.member_done(member_of, gid)
+            return member_of, gid, values
+        self.member_done(member_of, gid, values)
         return None
 
     # -- failure ----------------------------------------------------------------------------
@@ -447,7 +472,7 @@ class Follower:
             self.member_done(membership, member)
 
     def chord_failed(self, gid: str, entry: dict[str, Any], failed: str,
-                     record: TaskRecord | None) -> tuple[dict[str, Any], str] | None:
+                     record: TaskRecord | None) -> tuple[dict[str, Any], str, Any] | None:
         """A header member failed: the body does not run; its ids and the rest record a
         ChordError naming the failed task; the body's errbacks are called."""
         if record is None:
@@ -469,7 +494,7 @@ class Follower:
             joined_as = result_id(after[-1]) if after else gid
         self._fail_nodes(after, error, failed)
         membership = entry.get("chord")
-        return (membership, joined_as) if membership is not None else None
+        return (membership, joined_as, NO_VALUE) if membership is not None else None
 
     def _fail_nodes(self, nodes: list[dict[str, Any]], error: tuple[str, str],
                     origin: str) -> None:

@@ -65,7 +65,7 @@ def after_success(app: Conveyor, msg: Message, value: Any, reliably: Reliably) -
         launcher.launch(dict(nxt), input=(value,), parent=msg.id, rest=rest,
                         membership=canvas.get("chord"))
     elif canvas.get("chord"):
-        follower.member_done(canvas["chord"], msg.id)
+        follower.member_done(canvas["chord"], msg.id, value)
     return launcher.finish(reliably)
 
 
