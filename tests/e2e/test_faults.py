@@ -166,3 +166,32 @@ def test_wrong_credentials_or_missing_database_is_one_clear_line(
     assert len(errors) == 1, worker.stderr
     assert "secret" not in worker.stderr
     assert "Traceback" not in worker.stderr
+
+
+# One pair per backend (each case costs a few worker restarts).
+@pytest.mark.parametrize("pair", ["sqlite", "redis", "postgres", "mysql"], indirect=True)
+def test_a_message_that_kills_its_worker_is_dead_lettered_after_broker_max_deliveries(
+        app: Any, workers: Workers, tmp_path: Path) -> None:
+    """The poison-message case, per broker/backend pair: every delivery kills the worker
+    process; the pool restarts it; after ``broker_max_deliveries`` the message goes to the
+    dead-letter queue with its attempt history instead of killing workers for ever."""
+    import e2e_tasks
+
+    from .conftest import wait_until
+
+    marker = tmp_path / "runs"
+    workers.start("--pool", "processes", "-c", "1", lease=1.0,
+                  env={"CONVEYOR_BROKER_MAX_DELIVERIES": "2"})
+    result = e2e_tasks.kill_worker.delay(str(marker))
+    queue = app.conf.task_default_queue
+    wait_until(lambda: len(app.broker.dead_letters(queue)) == 1, timeout=60,
+               what="the poison message in the dead-letter queue")
+    [letter] = app.broker.dead_letters(queue)
+    assert "delivered 3 times" in letter.reason
+    assert marker.read_text().count("ran") == 2
+    # The dead letter is written first, then the FAILURE record.
+    wait_until(lambda: result.state == "FAILURE", timeout=10, what="the FAILURE record")
+    record = app.record(result.id)
+    assert record is not None
+    assert [a["outcome"] for a in record.attempts] == ["lost", "lost"]
+    assert e2e_tasks.add.delay(1, 1).get(timeout=30) == 2  # the pool still works
