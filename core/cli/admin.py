@@ -10,7 +10,7 @@ from typing import Any
 import click
 from rich.text import Text
 
-from conveyor.cli.common import app_from, common_options, json_option, pass_state
+from conveyor.cli.common import app_from, common_options, pass_state
 from conveyor.cli.output import (
     add_row,
     emit_json,
@@ -50,8 +50,8 @@ def driver_status(group: str, scheme: str) -> str:
 
 
 @click.command()
-@json_option
-def drivers(as_json: bool) -> None:
+@common_options
+def drivers(app_path: str | None, as_json: bool) -> None:
     """List the registered broker and backend drivers and whether they can load (the driver
     and its client library)."""
     from conveyor.registry import BACKEND_GROUP, BROKER_GROUP, _entry_points

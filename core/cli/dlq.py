@@ -16,6 +16,7 @@ from conveyor.broker import DeadLetter
 from conveyor.cli.common import app_from, common_options, pass_state, split_queues
 from conveyor.cli.output import (
     add_row,
+    confirm,
     emit_json,
     err,
     fail,
@@ -24,7 +25,6 @@ from conveyor.cli.output import (
     out,
     progress,
     table,
-    visible,
     when,
 )
 
@@ -171,9 +171,8 @@ def dlq_purge(state: dict[str, Any], ids: tuple[str, ...], app_path: str | None,
         fail("name the dead letters to delete, or pass --all", code=2)
     app = app_from(state, app_path)
     name = split_queues(queue, app)[0]
-    if not yes and not click.confirm(f"Delete {'all' if purge_all else len(ids)} dead letters "
-                                     f"of {visible(name)}?"):
-        fail("aborted")
+    if not yes:
+        confirm(f"Delete {'all' if purge_all else len(ids)} dead letters of {name}?")
     if purge_all:
         count = app.broker.delete_dead(name)
     else:

@@ -86,6 +86,15 @@ def fail(message: str, *, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+def confirm(question: str) -> None:
+    """Ask ``question`` on stderr and exit 1 ("aborted") unless the answer is yes. Under
+    ``--json`` nobody can answer: exit 2 asking for ``--yes``."""
+    if json_mode():
+        fail("--json cannot ask for confirmation: add --yes", code=2)
+    if not click.confirm(visible(question), err=True):
+        fail("aborted")
+
+
 def when(ts: float | None) -> str:
     """An epoch time as ISO 8601 in local time, to the second, with its UTC offset
     (``2026-12-04T18:48:36+00:00``); ``-`` for None. JSON output keeps the epoch numbers."""

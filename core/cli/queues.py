@@ -9,8 +9,8 @@ import click
 from conveyor.cli.common import app_from, common_options, pass_state, queues_option, split_queues
 from conveyor.cli.output import (
     add_row,
+    confirm,
     emit_json,
-    fail,
     json_mode,
     out,
     progress,
@@ -51,9 +51,8 @@ def purge(state: dict[str, Any], app_path: str | None, queues: str | None, yes: 
     """Delete ready and delayed messages (not running ones, not dead letters)."""
     app = app_from(state, app_path)
     names = split_queues(queues, app)
-    if not yes and not click.confirm(
-            f"Delete all waiting messages on {visible(', '.join(names))}?"):
-        fail("aborted")
+    if not yes:
+        confirm(f"Delete all waiting messages on {', '.join(names)}?")
     counts: dict[str, int] = {}
     with progress(total=len(names), description="purging", at_least=0) as bar:
         job = bar.add_task("purge", total=len(names))

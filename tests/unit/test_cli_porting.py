@@ -390,3 +390,42 @@ def test_call_sends_a_task_by_name_once_or_in_bulk(app_module: str) -> None:
     assert code == 2 and "--kwargs must be a JSON object, not list" in out
     code, out = run("call", "x.y", "--eta", "tomorrow", "-A", app_module)
     assert code == 1 and "eta='tomorrow' is not an ISO 8601 date and time" in out
+
+
+def test_json_never_prompts_it_asks_for_yes(app_module: str) -> None:
+    for args in (["purge"], ["dlq", "purge", "--all"]):
+        result = CliRunner().invoke(cli, [*args, "-A", app_module, "--json"], input="y\n")
+        assert result.exit_code == 2
+        assert json.loads(result.stdout) == {
+            "error": "--json cannot ask for confirmation: add --yes"}
+
+
+def test_missing_extra_hint_keeps_its_brackets(app_module: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)
+    code, out = run("queues", "-A", app_module, "--broker", "redis://127.0.0.1:1/0")
+    assert code == 1
+    assert "pip install 'conveyor[redis]'" in out
+
+
+def test_more_commands_print_hostile_names_escaped(app_module: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    app = sys.modules[app_module].app
+    for text in TEXTS[:6]:
+        code, out = run("call", text, "--args", json.dumps([text]), "-Q", "hostile",
+                        "-A", app_module)
+        assert code == 0, out
+        _assert_safe(out)
+    code, out = run("call", TEXTS[0], "-n", "3", "-A", app_module)
+    _assert_safe(out, TEXTS[0])
+    for text in TEXTS[:4]:
+        monkeypatch.setenv("CONVEYOR_TASK_DEFAULT_QUEUE", text)
+        sys.modules.pop(app_module, None)
+        code, out = run("check", "-A", app_module)
+        assert code == 0, out
+        _assert_safe(out, text)
+    for args in (["cleanup"], ["drivers"], ["inspect", "workers"], ["inspect", "active"]):
+        code, out = run(*args, "-A", app_module)
+        assert code == 0, (args, out)
+        _assert_safe(out)
+    assert app.broker.stats("hostile").ready == 6
