@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.control.channel import REPLY_PREFIX, control_queue, decode_command
 from conveyor.control.revoke import RevokedCache
-from conveyor.exceptions import ConveyorError, Terminated
+from conveyor.exceptions import ConfigurationError, ConveyorError, Terminated
 from conveyor.ratelimit import parse_rate
 
 if TYPE_CHECKING:
@@ -80,6 +80,11 @@ class WorkerAgent:
     def start(self) -> None:
         """First registration and revoked ids, before the worker consumes; then the thread."""
         self.enabled = self.app.backend.capabilities.coordination
+        limited = sorted(name for name, t in self.app.tasks.items() if t.rate is not None)
+        if limited and not self.enabled:
+            raise ConfigurationError(
+                f"tasks {', '.join(limited)} have a rate_limit, which needs a result backend "
+                f"with coordination primitives; {type(self.app.backend).__name__} has none")
         if self.enabled:
             try:
                 self.revoked.refresh()

@@ -7,6 +7,7 @@ itself; the supervisor only starts, watches and signals them.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -29,7 +30,9 @@ class Supervisor:
 
     def _start(self, slot: int) -> None:
         cmd = [sys.executable, "-m", "conveyor", *self.child_args]
-        self.children[slot] = subprocess.Popen(cmd)
+        # The child names its pool "processes" in the worker registry.
+        env = {**os.environ, "CONVEYOR_WORKER_POOL_KIND": "processes"}
+        self.children[slot] = subprocess.Popen(cmd, env=env)
         log.info("started worker process %d (pid %d)", slot, self.children[slot].pid)  # type: ignore[union-attr]
 
     def handle_signal(self, signum: int, _frame: object) -> None:

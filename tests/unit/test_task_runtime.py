@@ -491,3 +491,57 @@ def test_sql_broker_migrates_a_v1_table_to_priorities(tmp_path: Any) -> None:
     finally:
         broker.close()
         engine.dispose()
+
+
+def test_inspect_and_control_commands_reach_a_live_worker(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import json
+    import sys
+    import textwrap
+    import uuid
+
+    from click.testing import CliRunner
+
+    from conveyor.cli import cli
+
+    name = f"ctlapp_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(f"""
+        from conveyor import Conveyor
+        app = Conveyor("ctl", broker="memory://{name}", backend="memory://{name}",
+                       broker_visibility_timeout=1.0, worker_poll_wait=0.2)
+
+        @app.task
+        def add(a, b):
+            return a + b
+    """))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module(name)
+    consumer = Consumer(module.app, concurrency=1, hostname="w1\x1b[31m")
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+
+    def run(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(cli, ["-A", f"{name}:app", *args], catch_exceptions=False)
+        return result.exit_code, result.output
+
+    try:
+        _wait(lambda: bool(module.app.control.inspect().workers()))
+        code, output = run("inspect", "workers", "--json")
+        assert code == 0 and list(json.loads(output)) == ["w1\x1b[31m"]
+        code, output = run("inspect", "workers")
+        assert code == 0 and "w1\\x1b[31m" in output and "\x1b[31m" not in output
+        code, output = run("inspect", "registered", "--json")
+        assert f"{name}.add" in json.loads(output)["w1\x1b[31m"]
+        code, output = run("control", "pool-grow", "2", "--json")
+        assert json.loads(output) == {"w1\x1b[31m": {"ok": "pool size is now 3"}}
+        code, output = run("control", "rate-limit", f"{name}.add", "5/s", "--json")
+        assert module.add.rate == (5, 1.0)
+        code, output = run("control", "shutdown")
+        _wait(lambda: not thread.is_alive(), timeout=10)
+        assert module.app.control.inspect().workers() == {}
+    finally:
+        consumer.stop()
+        thread.join(10)
+        sys.modules.pop(name, None)
