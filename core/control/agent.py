@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.control.channel import REPLY_PREFIX, control_queue, decode_command
 from conveyor.control.revoke import RevokedCache
-from conveyor.exceptions import ConfigurationError, ConveyorError, Terminated
+from conveyor.exceptions import ConfigurationError, ConveyorError
 from conveyor.ratelimit import parse_rate
 
 if TYPE_CHECKING:
@@ -120,14 +120,10 @@ class WorkerAgent:
                 log.exception("worker agent failed a round; retrying")
 
     def _terminate_revoked(self) -> None:
-        from conveyor.worker.limits import raise_in_thread
-
-        active = self.consumer.runner.active
-        for task_id in self.revoked.to_terminate(list(active)):
-            entry = active.get(task_id)
-            if entry is not None:
-                log.warning("terminating revoked task %s[%s]", entry[0], task_id)
-                raise_in_thread(entry[2], Terminated)
+        runner = self.consumer.runner
+        for task_id in self.revoked.to_terminate(list(runner.active)):
+            if runner.terminate(task_id):
+                log.warning("terminated revoked task %s", task_id)
 
     # -- control channel ------------------------------------------------------------------
     def _read_commands(self) -> None:

@@ -91,6 +91,8 @@ class TaskRunner:
         self.active: dict[str, tuple[str, float, int]] = {}
         #: Tasks that ended in FAILURE here.
         self.failed = 0
+        self._terminate_lock = threading.Lock()
+        self._terminating: set[str] = set()
         #: Retries scheduled here (for the worker's exit summary).
         self.retried = 0
         self.poison = PoisonGuard(self)
@@ -206,6 +208,7 @@ class TaskRunner:
             finally:
                 if watch is not None:
                     watch.done()
+                self._left_body(msg.id)
                 if self.started is not None and self.started.settle(msg.id):
                     # Before any outcome is stored (its STARTED must not land after it):
                     # the STARTED write found a terminal record, so this was a duplicate.
@@ -259,6 +262,29 @@ class TaskRunner:
         deferred = self._succeed(job, value)
         hooks.finished(task, request, SUCCESS, value)
         return deferred
+
+    def terminate(self, task_id: str) -> bool:
+        """Raise :class:`Terminated` inside the running task ``task_id`` (for
+        ``revoke(terminate=True)``); False when it is not running here (any more)."""
+        from conveyor.worker.limits import raise_in_thread
+
+        with self._terminate_lock:
+            entry = self.active.get(task_id)
+            if entry is None or task_id in self._terminating:
+                return False
+            self._terminating.add(task_id)
+            return raise_in_thread(entry[2], Terminated)
+
+    def _left_body(self, task_id: str) -> None:
+        # From here on no Terminated may be raised in this thread: it would land in the
+        # runner's own bookkeeping. Cancel one scheduled but not yet delivered.
+        with self._terminate_lock:
+            self.active.pop(task_id, None)
+            if task_id in self._terminating:
+                from conveyor.worker.limits import raise_in_thread
+
+                self._terminating.discard(task_id)
+                raise_in_thread(threading.get_ident(), None)
 
     def time_limit_exceeded(self, job: Job, limit: float) -> None:
         """Record ``job`` as FAILURE with TimeLimitExceeded (called by the time-limit
