@@ -27,8 +27,10 @@ def queues(state: dict[str, Any], app_path: str | None, queues: str | None,
            as_json: bool) -> None:
     """Ready, delayed, reserved and dead messages per queue."""
     app = app_from(state, app_path)
-    names = sorted(set(split_queues(queues, app))
-                   | (set() if queues else set(app.broker.queues())))
+    # Workers' control queues (conveyor.control.channel) are plumbing, not task queues.
+    known = set() if queues else {q for q in app.broker.queues()
+                                  if not q.startswith("conveyor-control-")}
+    names = sorted(set(split_queues(queues, app)) | known)
     stats = [app.broker.stats(name) for name in names]
     if as_json or json_mode():
         emit_json([s.__dict__ for s in stats])

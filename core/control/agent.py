@@ -130,7 +130,10 @@ class WorkerAgent:
         broker = self.app.broker
         for res in broker.reserve([self.queue], lease=30.0, wait=0.0, limit=10):
             command = decode_command(res.body)
-            if command is not None:
+            if command is None:
+                log.warning("ignoring an expired or malformed control message %s",
+                            res.message_id)
+            else:
                 try:
                     reply = self.execute(command["command"], command["arguments"])
                 except Exception as exc:
