@@ -145,6 +145,9 @@ def push_down(sig: Signature, default_queue: str | None) -> None:
             s.options.update(inherited)
             task = s.app.tasks.get(s.task) if s.app is not None else None
             s.options.setdefault("queue", (task.queue if task is not None else None) or queue)
+            for default in ("expires", "priority"):  # the task's own, as its apply_async
+                if task is not None and getattr(task, default, None) is not None:
+                    s.options.setdefault(default, getattr(task, default))
             for name in LINK_OPTIONS:
                 stack.extend((link, {}, queue) for link in s.options.get(name) or ()
                              if isinstance(link, Signature))

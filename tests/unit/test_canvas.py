@@ -118,6 +118,17 @@ def test_unknown_sending_option_is_refused(app: Conveyor, t: Any) -> None:
         t.add.s(1, 2).set(nonsense=1).delay()
 
 
+def test_bad_workflow_input_is_refused_with_a_clear_error(app: Conveyor, t: Any) -> None:
+    with pytest.raises(TaskOptionError, match="unknown subtask_type"):
+        signature({"task": "x", "subtask_type": "loop"}, app=app)
+    with pytest.raises(TaskOptionError, match="must be signatures"):
+        group(t.add.s(1, 1), 42)  # type: ignore[arg-type]
+    with pytest.raises(TaskOptionError, match="chord needs a body"):
+        chord([t.add.s(1, 1)]).apply_async()
+    with pytest.raises(TaskOptionError, match="at least one"):
+        chain(app=app).apply_async()
+
+
 def test_or_operators_build_chains_and_chords(t: Any) -> None:
     assert isinstance(t.add.s(1) | t.add.s(2), chain)
     assert isinstance(group(t.add.s(1)) | t.total.s(), chord)
