@@ -279,6 +279,20 @@ def test_collect_walks_the_workflow(app: Conveyor, t: Any, worker: Consumer) -> 
     assert [v for _, v in first.collect(timeout=10)] == [2, 3]
 
 
+def test_duplicate_delivery_of_a_finished_step_sends_the_next_step(
+        app: Conveyor, t: Any, worker: Consumer) -> None:
+    """The crash window: a step's outcome was stored, then its worker died before sending
+    the next step. The redelivery is not run again, but it sends the next step."""
+    from conveyor.record import TaskRecord
+
+    flow = chain(t.add.s(1, 1), t.mul.s(10))
+    result = flow.freeze()
+    first = result.parent.id
+    app.backend.store(TaskRecord(first, "SUCCESS", result=7).to_stored(), ttl=None)
+    flow.apply_async()
+    assert result.get(timeout=10) == 70  # from the stored 7: add(1, 1) did not run again
+
+
 def test_duplicate_of_a_finished_chord_member_reissues_the_join_once(
         app: Conveyor, t: Any) -> None:
     """A worker that died after storing a header task's outcome, before joining: the
