@@ -268,27 +268,34 @@ class Consumer:
     def _heartbeat_loop(self) -> None:
         interval = self.app.conf.heartbeat_interval
         broker = self.app.broker
-        # A message acked just after the snapshot below fails to extend too: warn only when
-        # it is still held at the next beat and still cannot be extended.
-        suspect: set[str] = set()
+        # A message acked just after the snapshot below fails to extend too, and stays held
+        # until its release a moment later: warn only for one still held, and still not
+        # extendable, a grace period after the first failure.
+        grace = max(1.0, interval)
+        suspect: dict[str, float] = {}
+        warned: set[str] = set()
         while not self._abort.wait(interval):
             with self._held_lock:
                 held = list(self._held.values())
             failed: list[str] = []
             error: ConveyorError | None = None
-            lost: set[str] = set()
+            now = time.monotonic()
             for res in held:
                 try:
-                    if not broker.extend(res, lease=self.lease):
-                        lost.add(res.message_id)
-                        if res.message_id in suspect:
-                            log.warning("lease of %s lost; another worker may run it too",
-                                        res.message_id)
+                    if broker.extend(res, lease=self.lease):
+                        suspect.pop(res.message_id, None)
+                        continue
+                    since = suspect.setdefault(res.message_id, now)
+                    if now - since >= grace and res.message_id not in warned:
+                        warned.add(res.message_id)
+                        log.warning("lease of %s lost; another worker may run it too",
+                                    res.message_id)
                 except ConveyorError as exc:
                     failed.append(res.message_id)
                     error = exc
             with self._held_lock:
-                suspect = {i for i in lost if i in self._held}
+                suspect = {i: t for i, t in suspect.items() if i in self._held}
+                warned &= suspect.keys()
             if failed:
                 log.warning("could not extend %d leases (broker unavailable?): %s",
                             len(failed), error)

@@ -293,3 +293,37 @@ def test_a_producer_exiting_right_after_delay_leaves_its_pending_record(redis_ur
         assert record is not None and record.state == "PENDING"
     finally:
         backend.close()
+
+
+def test_no_lease_lost_warning_for_messages_just_acked(
+        caplog: pytest.LogCaptureFixture, redis_url: str) -> None:
+    # A heartbeat every 5 ms meets many messages acked between its snapshot and its extend.
+    app = make_app(broker=redis_url, worker_heartbeat_interval=0.005)
+
+    @app.task
+    def quick(i: int) -> int:
+        time.sleep(0.002)
+        return i
+
+    results = [quick.delay(i) for i in range(2000)]
+    with caplog.at_level("WARNING", logger="conveyor.worker"):
+        for _ in running(app, concurrency=4):
+            assert [r.get(timeout=60) for r in results] == list(range(2000))
+    assert not [r for r in caplog.records if "lease of" in r.getMessage()]
+
+
+def test_a_lease_really_lost_is_still_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    app = make_app(worker_heartbeat_interval=0.1)
+
+    @app.task
+    def slow() -> None:
+        time.sleep(2.5)
+
+    result = slow.delay()
+    with caplog.at_level("WARNING", logger="conveyor.worker"):
+        for worker in running(app, concurrency=1):
+            eventually(lambda: result.state == "STARTED", timeout=10)
+            [held] = list(worker._held.values())
+            app.broker.ack(held)  # as if its lease had lapsed and another worker took it
+            eventually(lambda: [r for r in caplog.records if "lease of" in r.getMessage()],
+                       timeout=5)
