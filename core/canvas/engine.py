@@ -487,7 +487,7 @@ class Follower:
         body = entry.get("body")
         after = list(entry.get("rest") or [])
         if body is not None:
-            self._fail_nodes([body], error, failed)
+            self._fail_nodes([body], error, gid)  # the body's parent is its header, as on success
             self._errbacks(body, error, failed)
             joined_as = result_id(after[-1]) if after else result_id(body)
         else:

@@ -25,17 +25,27 @@ def workflow(app: Conveyor, task_id: str) -> dict[str, Any]:
     record = app.record(task_id)
     seen = {task_id}
     current = record
-    while current is not None and current.parent and len(parents) < MAX_PARENTS:
-        pid = current.parent
-        if pid in seen:
-            break
+    pid = current.parent if current is not None else None
+    while pid and pid not in seen and len(parents) < MAX_PARENTS:
         seen.add(pid)
         current = app.record(pid)
-        parents.append({"id": pid, "task": current.task if current else None,
-                        "state": current.state if current else "unknown"})
+        if current is not None:
+            parents.append({"id": pid, "task": current.task, "state": current.state})
+            pid = current.parent
+            continue
+        # A chord's header group has no record of its own: its entry says where it came from.
+        header = _chord(app, pid) if backend.capabilities.coordination else None
+        if header is None:
+            parents.append({"id": pid, "task": None, "state": "unknown"})
+            break
+        parents.append({"id": pid, "task": "chord header",
+                        "state": f"{header['done']} of {header['size']} done"})
+        pid = header.get("parent")
     chord = None
     if backend.capabilities.coordination:
-        for gid in (g for g in (record.group if record else None, task_id) if g):
+        # A header member names its chord as its group; a body has it as its parent.
+        candidates = (record.group, task_id, record.parent) if record else (task_id,)
+        for gid in (g for g in candidates if g):
             chord = _chord(app, gid)
             if chord is not None:
                 break
@@ -54,7 +64,8 @@ def _chord(app: Conveyor, gid: str) -> dict[str, Any] | None:
     body_id = result_id(body) if body is not None else None
     body_record = app.record(body_id) if body_id else None
     failed = [i for i, s in zip(ids, states, strict=True) if s in READY_STATES and s != SUCCESS]
-    return {"id": gid, "size": len(ids), "done": sum(s in READY_STATES for s in states),
+    return {"id": gid, "parent": entry.get("parent"), "size": len(ids),
+            "done": sum(s in READY_STATES for s in states),
             "failed": failed[:10], "body": body_id,
             "body_task": body.get("task") if body else None,
             "body_state": body_record.state if body_record else ("PENDING" if body else None)}
