@@ -179,14 +179,11 @@ class S3ResultBackend(ResultBackend):
         data = bytes(record.data)
         terminal = self._key("t", record.task_id)
         if record.ready:
-            if self._write(terminal, data, metadata, IfNoneMatch="*"):
-                return True
-            found = self._read(terminal)
-            if found is None:  # forgotten meanwhile
-                return self._write(terminal, data, metadata, IfNoneMatch="*")
-            if _live(found[1]):
+            if not self._store_terminal(terminal, data, metadata):
                 return False
-            return self._write(terminal, data, metadata, IfMatch=found[2])
+            # A progress record left beside it would come back once this one expired.
+            self._remove(self._key("p", record.task_id))
+            return True
         found = self._read(terminal)
         if found is not None and _live(found[1]):
             return False
@@ -200,6 +197,17 @@ class S3ResultBackend(ResultBackend):
             return self._write(progress, data, metadata, IfNoneMatch="*")
         return not _live(current[1]) and self._write(progress, data, metadata,
                                                      IfMatch=current[2])
+
+    def _store_terminal(self, terminal: str, data: bytes, metadata: dict[str, str]) -> bool:
+        """Write the terminal object unless a live one exists (first write wins)."""
+        if self._write(terminal, data, metadata, IfNoneMatch="*"):
+            return True
+        found = self._read(terminal)
+        if found is None:  # forgotten meanwhile
+            return self._write(terminal, data, metadata, IfNoneMatch="*")
+        if _live(found[1]):
+            return False
+        return self._write(terminal, data, metadata, IfMatch=found[2])
 
     def get(self, task_id: str) -> StoredRecord | None:
         """The live terminal record, else the live progress record, else None."""

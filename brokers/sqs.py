@@ -161,6 +161,10 @@ class SQSBroker(Broker):
         fifo = queue.endswith(".fifo")
         base = self._prefix + (queue[:-5] if fifo else queue)
         longest = base + "-dlq" + (".fifo" if fifo else "")
+        if base.endswith("-dlq"):  # the companion of the queue without it: one SQS queue
+            raise ConfigurationError(
+                f"queue {queue!r} cannot be an SQS queue: names ending in '-dlq' are the "
+                "dead-letter companions of other queues; choose another name")
         if not _NAME.match(base) or len(longest) > 80:
             raise ConfigurationError(
                 f"queue {queue!r} cannot be an SQS queue name: with the prefix "

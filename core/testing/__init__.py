@@ -23,7 +23,8 @@ except ImportError as exc:  # pragma: no cover - pytest is installed wherever te
 pytest.register_assert_rewrite(
     "conveyor.testing.backend", "conveyor.testing.broker", "conveyor.testing.broker_admin",
     "conveyor.testing.coordination", "conveyor.testing.priority", "conveyor.testing.query",
-    "conveyor.testing.broker_edges", "conveyor.testing.backend_edges", "conveyor.testing.outage")
+    "conveyor.testing.broker_edges", "conveyor.testing.backend_edges", "conveyor.testing.outage",
+    "conveyor.testing.e2e")
 
 from conveyor.testing.backend import (  # noqa: E402 - after register_assert_rewrite
     BackendConcurrencyContract,

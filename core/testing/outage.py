@@ -80,7 +80,8 @@ class BrokerOutageContract(BrokerFixtures):
     ConnectionLostError, promptly."""
 
     @pytest.fixture
-    def dead_broker(self, request: pytest.FixtureRequest, broker: Broker) -> Iterator[Broker | None]:
+    def dead_broker(self, request: pytest.FixtureRequest,
+                    broker: Broker) -> Iterator[Broker | None]:
         """The driver built from ``unreachable_broker_url`` (skips, naming it, without one);
         None when building it already raised ConnectionLostError."""
         url = _dead_url(request, "unreachable_broker_url",

@@ -26,9 +26,7 @@ def dead_server_url(url: str, port: int, tmp_path: Path) -> str:
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     if scheme in ("sqs", "s3"):
-        query = [(k, f"http://127.0.0.1:{port}" if k == "endpoint_url" else v)
-                 for k, v in query]
-        return urlunsplit(parts._replace(query=urlencode(query, safe="/:")))
+        return re.sub(r"endpoint_url=[^&]*", f"endpoint_url=http://127.0.0.1:{port}", url)
     if scheme.startswith("mongodb"):
         query = [(k, v) for k, v in query if k != "serverSelectionTimeoutMS"]
         query.append(("serverSelectionTimeoutMS", "1000"))
