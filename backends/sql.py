@@ -76,6 +76,7 @@ class SQLResultBackend(ResultBackend):
     def store(self, record: StoredRecord, *, ttl: float | None) -> bool:
         """Write ``record`` unless a live terminal record exists; atomic, returns whether it
         was written. A terminal write also wakes PostgreSQL waiters."""
+        self._db.refuse_oversized(len(record.data), "result record")
         now = self._db.now()
         values = {"task_id": record.task_id, "state": str(record.state),
                   "data": bytes(record.data), "updated_at": now,
@@ -188,10 +189,12 @@ class SQLResultBackend(ResultBackend):
                 where.append(t.c[column] == value)
         if query.id_prefix:
             prefix = query.id_prefix
-            length = len(prefix)  # characters on every dialect (ids are not VARBINARY)
+            # VARBINARY on MySQL counts bytes; the other dialects count characters.
+            length = len(prefix.encode()) if self._db.dialect == "mysql" else len(prefix)
             # Equality with the id's start, not LIKE (SQLite's LIKE ignores case, and '%'
             # and '_' would need escaping).
-            where.append(sa.func.substr(t.c.task_id, 1, length) == prefix)
+            where.append(sa.func.substr(t.c.task_id, 1, length)
+                         == sa.type_coerce(prefix, t.c.task_id.type))
         if query.since is not None:
             where.append(t.c.updated_at >= float(query.since))
         if query.until is not None:

@@ -73,6 +73,7 @@ class SQLBroker(Broker):
         if not messages:
             return []
         self._db.check_queue_name(queue)
+        self._db.refuse_oversized(max(len(m) for m in messages), "message")
         ids = _new_ids(len(messages))
         now = self._db.now()
         stmt = self._t.insert().values(available_at=now + max(float(delay), 0.0),

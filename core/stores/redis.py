@@ -34,8 +34,8 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 MIN_BLOCK = 0.002
 #: Replies that refuse the value, not the connection: out of memory under ``maxmemory``,
 #: a bulk string over ``proto-max-bulk-len``, a value of the wrong type for the command.
-_REFUSALS = ("OOM ", "Protocol error: invalid bulk length", "string exceeds maximum",
-             "WRONGTYPE")
+_REFUSALS = ("OOM command not allowed", "Protocol error: invalid bulk length",
+             "string exceeds maximum", "WRONGTYPE")
 
 
 def make_client(url: URL, *, retries: int = DEFAULT_RETRIES, **options: Any) -> redis.Redis:
@@ -145,6 +145,6 @@ class RedisErrors:
         if isinstance(exc, (rx.ConnectionError, rx.TimeoutError, rx.ReadOnlyError, OSError)):
             raise ConnectionLostError(text) from exc
         if isinstance(exc, rx.DataError) or (isinstance(exc, rx.ResponseError) and str(
-                exc).startswith(_REFUSALS)):
+                exc).startswith(_REFUSALS) or "-OOM command not allowed" in str(exc)):
             raise ValueRefusedError(text) from exc
         raise DriverError(text) from exc

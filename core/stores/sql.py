@@ -136,7 +136,8 @@ def build_tables(prefix: str) -> Tables:
     )
     results = sa.Table(
         f"{prefix}results", md,
-        sa.Column("task_id", key(255), primary_key=True),
+        # Byte-exact: MariaDB's utf8mb4_bin pads, so 'id' and 'id ' were one record there.
+        sa.Column("task_id", ExactKey(255), primary_key=True),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("data", blob, nullable=False),
         sa.Column("expires_at", sa.Double(), nullable=True),
@@ -526,6 +527,17 @@ class SQLStore:
                 conn.execution_options(conveyor_read=True)
             with conn.begin():
                 yield conn
+
+    def refuse_oversized(self, size: int, what: str) -> None:
+        """On MySQL/MariaDB, raise :class:`ValueRefusedError` for a value of ``size`` bytes
+        over the server's ``max_allowed_packet`` before sending it: the server would read it
+        all, then drop the connection."""
+        if self.dialect != "mysql" or size < (1 << 20):
+            return
+        if max_packet(self.url) is None:
+            with errors(self.url), self.engine.connect():
+                pass  # the connect event reads max_allowed_packet
+        refuse_oversized(self.url, size, what)
 
     def check_queue_name(self, queue: str) -> None:
         """Raise :class:`ValueRefusedError` for a queue name this database cannot tell apart

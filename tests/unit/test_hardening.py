@@ -327,3 +327,34 @@ def test_a_lease_really_lost_is_still_warned_about(caplog: pytest.LogCaptureFixt
             app.broker.ack(held)  # as if its lease had lapsed and another worker took it
             eventually(lambda: [r for r in caplog.records if "lease of" in r.getMessage()],
                        timeout=5)
+
+
+def test_a_50_mb_argument_on_mariadb_is_refused_once_as_too_large(mysql_url: str) -> None:
+    app = make_app(broker=mysql_url)
+
+    @app.task
+    def takes(blob: str) -> None: ...
+
+    began = time.monotonic()
+    with pytest.raises(ValueRefusedError, match="max_allowed_packet"):
+        takes.delay("x" * (50 << 20))
+    assert time.monotonic() - began < 5  # not retried as an outage
+    app.close()
+
+
+def test_redis_out_of_memory_is_a_refusal_not_an_outage() -> None:
+    from conveyor.registry import backend_from_url, broker_from_url
+
+    with redis_server("--maxmemory", "3mb", "--maxmemory-policy", "noeviction") as server:
+        backend = backend_from_url(server.url)
+        broker = broker_from_url(server.url)
+        try:
+            with pytest.raises(ValueRefusedError, match="OOM"):
+                for i in range(8):
+                    backend.store(StoredRecord(f"big-{i}", "SUCCESS", b"x" * (1 << 20)),
+                                  ttl=60)
+            with pytest.raises(ValueRefusedError, match="OOM"):
+                broker.enqueue_many("q", [b"x" * (1 << 20)] * 2)
+        finally:
+            backend.close()
+            broker.close()
