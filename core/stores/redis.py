@@ -144,7 +144,7 @@ class RedisErrors:
             raise AuthenticationError(text) from exc
         if isinstance(exc, (rx.ConnectionError, rx.TimeoutError, rx.ReadOnlyError, OSError)):
             raise ConnectionLostError(text) from exc
-        if isinstance(exc, rx.DataError) or (isinstance(exc, rx.ResponseError) and str(
-                exc).startswith(_REFUSALS) or "-OOM command not allowed" in str(exc)):
+        refused = str(exc).startswith(_REFUSALS) or "-OOM command not allowed" in str(exc)
+        if isinstance(exc, rx.DataError) or (isinstance(exc, rx.ResponseError) and refused):
             raise ValueRefusedError(text) from exc
         raise DriverError(text) from exc

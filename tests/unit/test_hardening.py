@@ -349,10 +349,9 @@ def test_redis_out_of_memory_is_a_refusal_not_an_outage() -> None:
         backend = backend_from_url(server.url)
         broker = broker_from_url(server.url)
         try:
+            big = [StoredRecord(f"big-{i}", "SUCCESS", b"x" * (1 << 20)) for i in range(8)]
             with pytest.raises(ValueRefusedError, match="OOM"):
-                for i in range(8):
-                    backend.store(StoredRecord(f"big-{i}", "SUCCESS", b"x" * (1 << 20)),
-                                  ttl=60)
+                backend.store_many(big, ttl=60)
             with pytest.raises(ValueRefusedError, match="OOM"):
                 broker.enqueue_many("q", [b"x" * (1 << 20)] * 2)
         finally:
