@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,17 @@ def test_config_from_object_takes_a_module_path_and_a_namespace(
     sys.modules.pop("cfg_mod_x1", None)
 
 
+@pytest.fixture
+def forget_shared_tasks() -> Iterator[None]:
+    """Shared tasks defined by a test must not be registered on later tests' apps."""
+    from conveyor import shared
+
+    saved = list(shared._definitions)
+    yield
+    shared._definitions[:] = saved
+
+
+@pytest.mark.usefixtures("forget_shared_tasks")
 def test_shared_task_is_registered_on_every_app_and_acts_on_the_current_one() -> None:
     first = Conveyor("first", broker="memory://shared-1", backend="memory://shared-1")
 
