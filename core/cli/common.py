@@ -36,7 +36,8 @@ class AppLoadError(ConfigurationError):
 def load_app(path: str | None) -> Conveyor:
     """The app ``-A`` names, imported from the current directory, in Celery's forms:
     ``module:attr`` (``attr`` may be dotted), ``module.attr``, or ``module``: its attribute
-    ``app`` or ``celery``, else the one Conveyor app it holds. No path: a default app.
+    ``app`` or ``celery``, else the one Conveyor app it holds, else (a package) the app of
+    its ``celery`` submodule. No path: a default app.
 
     Raises :class:`AppLoadError` with one line naming the problem; an exception raised while
     importing the module is named with its file and line (and chained, for ``--debug``).
@@ -126,6 +127,12 @@ def _find_in(module: ModuleType, path: str) -> Conveyor:
         if isinstance(getattr(module, name, None), Conveyor):
             return getattr(module, name)  # type: ignore[no-any-return]
     found = {name: v for name, v in vars(module).items() if isinstance(v, Conveyor)}
+    if not found and hasattr(module, "__path__"):
+        # Celery's layout: the app lives in the package's ``celery`` module (proj/celery.py).
+        try:
+            return _find_in(_import(f"{module.__name__}.celery", path, missing_ok=True), path)
+        except _NoSuchModuleError:
+            pass
     if len(found) == 1:
         return next(iter(found.values()))
     if found:

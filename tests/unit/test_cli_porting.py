@@ -99,6 +99,37 @@ def test_app_path_takes_every_celery_form(form: str, app_module: str, tmp_path: 
     assert json.loads(out)["broker"]["url"].startswith(f"memory://{app_module}")
 
 
+def test_a_package_with_the_app_in_its_celery_module_is_found(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    name = f"proj_{uuid.uuid4().hex[:6]}"
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "__init__.py").write_text("")
+    (tmp_path / name / "celery.py").write_text(
+        f"from conveyor import Conveyor\nmine = Conveyor('p', broker='memory://{name}')\n")
+    monkeypatch.chdir(tmp_path)
+    code, out = run("check", "-A", name, "--json")
+    assert code == 0, out
+    assert json.loads(out)["broker"]["url"] == f"memory://{name}"
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_it(app_module: str,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    broker = sys.modules[app_module].app.broker
+
+    def broken(queue: str) -> None:
+        raise RuntimeError("driver bug")
+
+    monkeypatch.setattr(broker, "stats", broken)
+    code, out = run("queues", "-A", app_module)
+    assert code == 1
+    assert out.strip() == ("error: unexpected RuntimeError: driver bug (--debug shows the "
+                           "traceback)")
+    with pytest.raises(RuntimeError, match="driver bug"):
+        run("queues", "-A", app_module, "--debug")
+
+
 def test_a_module_with_two_apps_and_no_app_attribute_names_them(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch
                                                                 ) -> None:
