@@ -30,6 +30,8 @@ _COMMAND_MODULES = (
     "conveyor.cli.admin",
     "conveyor.cli.control",
     "conveyor.cli.send",
+    "conveyor.cli.conformance",
+    "conveyor.cli.dashboard",
 )
 
 

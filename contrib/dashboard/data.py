@@ -1,0 +1,394 @@
+"""What the dashboard reads: queue depths, workers, records, dead letters, and the history of
+samples behind the live flow and the charts. Reads the broker and the backend directly.
+
+Everything returned is plain JSON-ready data (dicts, lists, str, numbers): the JSON API
+returns it as it is and the templates render it (autoescaped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from conveyor.backend import RecordQuery
+from conveyor.control.agent import REGISTRY_PREFIX
+from conveyor.record import TaskRecord
+from conveyor.states import FAILURE, PENDING, RETRY, REVOKED, STARTED, SUCCESS
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+STATES = (PENDING, STARTED, RETRY, SUCCESS, FAILURE, REVOKED)
+#: How often the sampler reads the broker and the registry, and how much history it keeps.
+SAMPLE_EVERY = 2.0
+HISTORY_SECONDS = 3600.0
+#: Records counted per state for the flow's backend box ("1000+" past it).
+STATE_COUNT_CAP = 1000
+#: Control queues are plumbing, not task queues.
+_CONTROL_PREFIX = "conveyor-control-"
+
+#: A redaction hook: gets a task's JSON view (args, kwargs, result, ...) and returns what may
+#: be shown. See :func:`conveyor.contrib.dashboard.create_app`.
+Redactor = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass
+class Sample:
+    """One reading of the system."""
+
+    at: float
+    queues: dict[str, dict[str, int]]
+    processed: int
+    failed: int
+    busy: int
+    threads: int
+    workers: int
+    states: dict[str, int] = field(default_factory=dict)
+
+
+class Reader:
+    """Reads an app's broker and backend for the dashboard. Thread-safe."""
+
+    def __init__(self, app: Conveyor, *, redact: Redactor | None = None) -> None:
+        self.app = app
+        self.redact = redact
+        self.samples: deque[Sample] = deque(maxlen=int(HISTORY_SECONDS / SAMPLE_EVERY) + 1)
+        self._seen_workers: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- capabilities ---------------------------------------------------------------------
+    @property
+    def can_query(self) -> bool:
+        """Whether the backend can list records (``capabilities.query``)."""
+        return bool(self.app.backend.capabilities.query)
+
+    @property
+    def has_registry(self) -> bool:
+        """Whether the backend holds the worker registry (``capabilities.coordination``)."""
+        return bool(self.app.backend.capabilities.coordination)
+
+    # -- queues -----------------------------------------------------------------------------
+    def queue_names(self) -> list[str]:
+        """Known task queues: the broker's, the default one and every live worker's."""
+        names = {q for q in self.app.broker.queues() if not q.startswith(_CONTROL_PREFIX)}
+        names.add(self.app.conf.task_default_queue)
+        for entry in self.live_workers().values():
+            names.update(str(q) for q in entry.get("queues", []) if isinstance(q, str))
+        return sorted(n for n in names if not n.startswith(_CONTROL_PREFIX))
+
+    def queues(self) -> dict[str, dict[str, int]]:
+        """ready / delayed / in_flight / dead per queue."""
+        found = {}
+        for name in self.queue_names():
+            s = self.app.broker.stats(name)
+            found[name] = {"ready": s.ready, "delayed": s.delayed, "in_flight": s.reserved,
+                           "dead": s.dead}
+        return found
+
+    # -- workers ----------------------------------------------------------------------------
+    def live_workers(self) -> dict[str, dict[str, Any]]:
+        """Registry entries of live workers, by hostname."""
+        if not self.has_registry:
+            return {}
+        found: dict[str, dict[str, Any]] = {}
+        for key, value in self.app.backend.entries(REGISTRY_PREFIX).items():
+            try:
+                entry = json.loads(value)
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                found[key[len(REGISTRY_PREFIX):]] = entry
+        return found
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Live workers, then the ones this dashboard saw that left (``alive`` False)."""
+        live = self.live_workers()
+        now = time.time()
+        with self._lock:
+            for name, entry in live.items():
+                self._seen_workers[name] = entry
+            seen = dict(self._seen_workers)
+        rows = []
+        for name, entry in seen.items():
+            active = entry.get("active") or []
+            rows.append({
+                "hostname": name, "alive": name in live, "host": entry.get("host"),
+                "pid": entry.get("pid"), "queues": entry.get("queues") or [],
+                "pool": entry.get("pool"), "concurrency": entry.get("concurrency"),
+                "running": len(active) if isinstance(active, list) else 0,
+                "active": active if isinstance(active, list) else [],
+                "processed": entry.get("processed"), "failed": entry.get("failed"),
+                "heartbeat": entry.get("heartbeat"), "started": entry.get("started"),
+                "heartbeat_age": (now - float(entry["heartbeat"])
+                                  if isinstance(entry.get("heartbeat"), (int, float)) else None),
+                "version": entry.get("version")})
+        rows.sort(key=lambda r: (not r["alive"], str(r["hostname"])))
+        return rows
+
+    # -- records ----------------------------------------------------------------------------
+    def tasks(self, *, state: str | None = None, name: str | None = None,
+              queue: str | None = None, worker: str | None = None,
+              id_prefix: str | None = None, since: float | None = None,
+              until: float | None = None, cursor: str | None = None,
+              limit: int = 50) -> dict[str, Any]:
+        """One page of task summaries, newest first, and the cursor of the next."""
+        page = self.app.backend.query(RecordQuery(
+            state=state, name=name, queue=queue, worker=worker, id_prefix=id_prefix,
+            since=since, until=until, cursor=cursor, limit=max(1, min(int(limit), 500))))
+        rows: list[dict[str, Any]] = []
+        for stored in page.records:
+            try:
+                record = TaskRecord.from_stored(stored)
+            except Exception:
+                rows.append({"id": stored.task_id, "state": stored.state, "task": stored.name,
+                             "queue": stored.queue, "worker": stored.worker,
+                             "updated_at": None, "retries": None, "runtime": None})
+                continue
+            rows.append({"id": record.task_id, "state": record.state, "task": record.task,
+                         "queue": record.queue, "worker": record.worker,
+                         "updated_at": record.updated_at, "retries": record.retries,
+                         "runtime": _runtime(record)})
+        return {"tasks": rows, "cursor": page.cursor}
+
+    def task(self, task_id: str) -> dict[str, Any] | None:
+        """Everything the task page shows, or None for an unknown id."""
+        record = self.app.record(task_id)
+        if record is None:
+            return None
+        view: dict[str, Any] = {
+            "id": record.task_id, "state": record.state, "task": record.task,
+            "queue": record.queue, "worker": record.worker, "retries": record.retries,
+            "updated_at": record.updated_at, "date_done": record.date_done,
+            "result": record.result if record.result_type == "json" else
+            f"({record.result_type} result, not decoded here)",
+            "error_type": record.error_type, "error_message": record.error_message,
+            "traceback": record.traceback, "parent": record.parent, "group": record.group,
+            "dead_letter_reason": record.dead_letter_reason,
+            "attempts": [_attempt(a) for a in record.attempts if isinstance(a, dict)],
+            "args": None, "kwargs": None,
+        }
+        letter = self.dead_letter_of(task_id, record.queue)
+        if letter is not None:
+            view["args"], view["kwargs"] = letter["args"], letter["kwargs"]
+            view["dead_letter"] = {"queue": letter["queue"], "message_id": letter["message_id"]}
+        view["workflow"] = self.workflow(record)
+        return self.redact(view) if self.redact is not None else view
+
+    def workflow(self, record: TaskRecord) -> list[dict[str, Any]]:
+        """The task's workflow as nodes (id, task, state, role): its parents up the chain, the
+        task itself and the other members of its group (those the backend can find)."""
+        nodes: list[dict[str, Any]] = []
+        chain: list[TaskRecord] = []
+        parent = record.parent
+        while parent and len(chain) < 20:
+            found = self.app.record(parent)
+            if found is None:
+                nodes.append({"id": parent, "task": None, "state": "UNKNOWN", "role": "parent"})
+                break
+            chain.append(found)
+            parent = found.parent
+        for up in reversed(chain):
+            nodes.append({"id": up.task_id, "task": up.task, "state": up.state,
+                          "role": "parent"})
+        nodes.append({"id": record.task_id, "task": record.task, "state": record.state,
+                      "role": "self"})
+        if record.group and self.can_query:
+            # Members of a group share its id; a scan of recent records of the same task
+            # name finds the siblings cheaply enough for a page view.
+            page = self.app.backend.query(RecordQuery(name=record.task, limit=200))
+            for stored in page.records:
+                if stored.task_id == record.task_id:
+                    continue
+                try:
+                    other = TaskRecord.from_stored(stored)
+                except Exception:
+                    continue
+                if other.group == record.group:
+                    nodes.append({"id": other.task_id, "task": other.task,
+                                  "state": other.state, "role": "sibling"})
+        if len(nodes) == 1:
+            return []
+        return nodes
+
+    # -- dead letters -----------------------------------------------------------------------
+    def dead_letters(self, queue: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The oldest ``limit`` dead letters of ``queue``, decoded where possible."""
+        from conveyor.dlq import view
+
+        rows = []
+        for letter in self.app.broker.dead_letters(queue, limit=limit):
+            v = view(self.app, letter)
+            rows.append({"queue": letter.queue, "message_id": letter.message_id,
+                         "reason": letter.reason, "dead_at": letter.dead_at,
+                         "task_id": v.task_id, "task": v.task, "args": v.args,
+                         "kwargs": v.kwargs, "retries": v.retries,
+                         "decode_error": v.decode_error,
+                         "body": None if v.task_id else letter.body.decode("utf-8", "replace")})
+        if self.redact is not None:
+            rows = [self.redact(r) for r in rows]
+        return rows
+
+    def dead_letter_of(self, task_id: str, queue: str | None) -> dict[str, Any] | None:
+        """The dead letter holding ``task_id`` (among its queue's first thousand), if any."""
+        if not queue:
+            return None
+        for row in self.dead_letters(queue, limit=1000):
+            if row["task_id"] == task_id:
+                return row
+        return None
+
+    # -- flow -------------------------------------------------------------------------------
+    def state_counts(self) -> dict[str, int]:
+        """Records per state written in the last hour, each capped at ``STATE_COUNT_CAP``."""
+        if not self.can_query:
+            return {}
+        since = time.time() - HISTORY_SECONDS
+        counts: dict[str, int] = {}
+        for state in STATES:
+            seen, cursor = 0, None
+            while seen < STATE_COUNT_CAP:
+                page = self.app.backend.query(RecordQuery(
+                    state=state, since=since, cursor=cursor,
+                    limit=min(500, STATE_COUNT_CAP - seen)))
+                seen += len(page.records)
+                cursor = page.cursor
+                if cursor is None:
+                    break
+            counts[str(state)] = seen
+        return counts
+
+    def sample(self) -> Sample:
+        """Read the system once and keep the sample."""
+        workers = self.live_workers()
+        sample = Sample(
+            at=time.time(), queues=self.queues(),
+            processed=sum(int(w.get("processed") or 0) for w in workers.values()),
+            failed=sum(int(w.get("failed") or 0) for w in workers.values()),
+            busy=sum(len(w.get("active") or []) for w in workers.values()),
+            threads=sum(int(w.get("concurrency") or 0) for w in workers.values()),
+            workers=len(workers), states=self.state_counts())
+        with self._lock:
+            self.samples.append(sample)
+        return sample
+
+    def flow(self) -> dict[str, Any]:
+        """The live flow: the latest sample with rates per second against the one before."""
+        with self._lock:
+            recent = list(self.samples)[-2:]
+        if not recent:
+            recent = [self.sample()]
+        now = recent[-1]
+        before = recent[0] if len(recent) == 2 else None
+        span = (now.at - before.at) if before is not None else 0.0
+
+        def rate(after: float, earlier: float) -> float:
+            return round(max(after - earlier, 0) / span, 2) if span > 0 else 0.0
+
+        queues = {}
+        for name, q in now.queues.items():
+            old = before.queues.get(name) if before is not None else None
+            queues[name] = {**q, "depth_rate": round((q["ready"] - old["ready"]) / span, 2)
+                            if old is not None and span > 0 else 0.0}
+        done_rate = rate(now.processed, before.processed) if before else 0.0
+        depth_now = sum(q["ready"] + q["delayed"] + q["in_flight"] for q in now.queues.values())
+        depth_before = (sum(q["ready"] + q["delayed"] + q["in_flight"]
+                            for q in before.queues.values()) if before else depth_now)
+        # Arrivals: what the workers took plus what the queues grew by.
+        arrivals = (round(max(done_rate + (depth_now - depth_before) / span, 0.0), 2)
+                    if before is not None and span > 0 else 0.0)
+        return {
+            "at": now.at, "queues": queues, "rates": {
+                "enqueued": arrivals, "processed": done_rate,
+                "failed": rate(now.failed, before.failed) if before else 0.0},
+            "workers": {"alive": now.workers, "busy": now.busy,
+                        "idle": max(now.threads - now.busy, 0), "threads": now.threads},
+            "states": now.states, "can_query": self.can_query,
+            "backend": self.app.backend.url.masked, "broker": self.app.broker.url.masked}
+
+    def history(self) -> dict[str, Any]:
+        """Per-minute series of the last hour: tasks done and failed, and queue depth."""
+        with self._lock:
+            samples = list(self.samples)
+        minutes: dict[int, list[Sample]] = {}
+        for s in samples:
+            minutes.setdefault(int(s.at // 60), []).append(s)
+        series = []
+        previous: Sample | None = None
+        for minute in sorted(minutes):
+            group = minutes[minute]
+            first = previous or group[0]
+            last = group[-1]
+            series.append({
+                "minute": minute * 60,
+                "processed": max(last.processed - first.processed, 0),
+                "failed": max(last.failed - first.failed, 0),
+                "depth": {name: q["ready"] + q["delayed"] for name, q in last.queues.items()}})
+            previous = last
+        return {"series": series, "runtime": self.runtime_percentiles()}
+
+    def runtime_percentiles(self) -> dict[str, float | None]:
+        """p50/p90/p99 run time (seconds) of the last 200 successful tasks."""
+        if not self.can_query:
+            return {"p50": None, "p90": None, "p99": None}
+        page = self.app.backend.query(RecordQuery(state=SUCCESS, limit=200))
+        times = []
+        for stored in page.records:
+            try:
+                value = _runtime(TaskRecord.from_stored(stored))
+            except Exception:
+                continue
+            if value is not None:
+                times.append(value)
+        times.sort()
+
+        def pick(q: float) -> float | None:
+            return round(times[min(int(q * len(times)), len(times) - 1)], 4) if times else None
+
+        return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99)}
+
+    # -- sampler ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Sample every ``SAMPLE_EVERY`` seconds in a daemon thread until :meth:`stop`."""
+        if self._thread is not None:
+            return
+
+        def run() -> None:
+            while not self._stop.is_set():
+                # A server outage: keep sampling; the page shows the last good numbers.
+                with contextlib.suppress(Exception):
+                    self.sample()
+                self._stop.wait(SAMPLE_EVERY)
+
+        self._thread = threading.Thread(target=run, name="conveyor-dashboard-sampler",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the sampler. Idempotent."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def _runtime(record: TaskRecord) -> float | None:
+    """Seconds the last attempt ran, when the record says."""
+    for attempt in reversed(record.attempts):
+        if isinstance(attempt, dict):
+            start, end = attempt.get("started_at"), attempt.get("finished_at")
+            if isinstance(start, (int, float)) and isinstance(end, (int, float)):
+                return round(float(end) - float(start), 6)
+    return None
+
+
+def _attempt(attempt: dict[str, Any]) -> dict[str, Any]:
+    keys = ("number", "worker", "started_at", "finished_at", "outcome", "error_type",
+            "error_message")
+    return {k: attempt.get(k) for k in keys}

@@ -1,0 +1,84 @@
+"""``/metrics``: the Prometheus text format, built from the reader's latest sample at scrape
+time (a collector of its own registry, so nothing global is touched)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from conveyor.contrib.dashboard.data import Reader
+
+#: Run-time histogram bucket bounds, seconds.
+BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
+
+
+class _Collector(Collector):
+    def __init__(self, reader: Reader) -> None:
+        self.reader = reader
+
+    def collect(self) -> Iterator[Metric]:
+        reader = self.reader
+        depth = GaugeMetricFamily("conveyor_queue_messages", "Messages per queue and state",
+                                  labels=["queue", "state"])
+        for name, q in reader.queues().items():
+            for state, count in q.items():
+                depth.add_metric([name, state], count)
+        yield depth
+        workers = reader.live_workers()
+        yield GaugeMetricFamily("conveyor_workers_alive", "Workers in the registry",
+                                value=len(workers))
+        processed = GaugeMetricFamily("conveyor_worker_processed",
+                                      "Tasks a worker processed since it started",
+                                      labels=["worker"])
+        failed = GaugeMetricFamily("conveyor_worker_failed",
+                                   "Tasks that failed on a worker since it started",
+                                   labels=["worker"])
+        busy = GaugeMetricFamily("conveyor_worker_busy", "Tasks running on a worker now",
+                                 labels=["worker"])
+        for name, entry in workers.items():
+            processed.add_metric([name], float(entry.get("processed") or 0))
+            failed.add_metric([name], float(entry.get("failed") or 0))
+            busy.add_metric([name], float(len(entry.get("active") or [])))
+        yield processed
+        yield failed
+        yield busy
+        if not reader.can_query:
+            return
+        states = GaugeMetricFamily("conveyor_tasks_last_hour",
+                                   "Records written in the last hour by state (capped at "
+                                   "1000 each) and task name (of the latest 500)",
+                                   labels=["state", "task"])
+        by: dict[tuple[str, str], int] = {}
+        runtimes: list[tuple[str, float]] = []
+        for row in reader.tasks(limit=500)["tasks"]:
+            key = (str(row["state"]), str(row["task"] or ""))
+            by[key] = by.get(key, 0) + 1
+            if row["state"] == "SUCCESS" and row["runtime"] is not None:
+                runtimes.append((str(row["task"] or ""), float(row["runtime"])))
+        for (state, task), count in sorted(by.items()):
+            states.add_metric([state, task], count)
+        yield states
+        hist = HistogramMetricFamily("conveyor_task_runtime_seconds",
+                                     "Run time of the latest successful tasks (of the latest "
+                                     "500 records)", labels=["task"])
+        names = sorted({task for task, _ in runtimes})
+        for task in names:
+            values = [v for t, v in runtimes if t == task]
+            buckets: list[tuple[str, float]] = [
+                (repr(b), float(sum(1 for v in values if v <= b))) for b in BUCKETS]
+            buckets.append(("+Inf", float(len(values))))
+            hist.add_metric([task], buckets, sum_value=sum(values))
+        yield hist
+
+
+def render_metrics(reader: Reader) -> tuple[bytes, str]:
+    """The metrics page body and its content type."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(reader))
+    body: Any = generate_latest(registry)
+    return bytes(body), CONTENT_TYPE_LATEST
