@@ -267,26 +267,55 @@ def test_worker_with_a_missing_driver_library_says_so_once_and_exits_at_once(
     assert "will retry" not in proc.stderr
 
 
-def test_worker_logs_a_drain_summary_on_exit(tmp_path: Path) -> None:
+def test_worker_logs_a_drain_summary_and_hostile_task_names_escaped(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/w.db"
-    (tmp_path / "wapp.py").write_text(
-        "from conveyor import Conveyor\napp = Conveyor('w')\n"
-        "@app.task\ndef ok():\n    return 1\n")
+    (tmp_path / "wapp.py").write_text(textwrap.dedent("""
+        from conveyor import Conveyor
+        app = Conveyor("w")
+
+        @app.task
+        def ok():
+            return 1
+
+        @app.task(bind=True, max_retries=1)
+        def flaky(self):
+            if self.request.retries == 0:
+                raise self.retry(countdown=0)
+            return 2
+
+        @app.task(max_retries=0)
+        def bad():
+            raise ValueError("no")
+    """))
     env = {**os.environ, "PYTHONPATH": str(REPO), "CONVEYOR_BROKER_URL": url,
            "CONVEYOR_BACKEND_URL": url, "CONVEYOR_WORKER_POLL_WAIT": "0.2"}
-    send = ("import wapp\nrs = [wapp.ok.delay() for _ in range(3)]\n"
-            "print([r.get(timeout=60) for r in rs])\n")
-    worker = subprocess.Popen([sys.executable, "-m", "conveyor", "worker", "-A", "wapp", "-c", "1"],
-                              cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    send = textwrap.dedent(f"""
+        import time
+        import wapp
+        rs = [wapp.ok.delay() for _ in range(3)] + [wapp.flaky.delay()]
+        print([r.get(timeout=60) for r in rs])
+        wapp.bad.delay().get(timeout=60, propagate=False)
+        wapp.app.send_task({TEXTS[3]!r})
+        deadline = time.monotonic() + 60
+        while wapp.app.broker.stats("default").dead < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    """)
+    worker = subprocess.Popen([sys.executable, "-m", "conveyor", "worker", "-A", "wapp",
+                               "-c", "1"], cwd=tmp_path, env=env, stderr=subprocess.PIPE,
+                              text=True)
     try:
-        sent = subprocess.run(check=False, args=[sys.executable, "-c", send], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=90)
-        assert sent.stdout.strip() == "[1, 1, 1]", sent.stderr
+        sent = subprocess.run(check=False, args=[sys.executable, "-c", send], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert sent.stdout.strip() == "[1, 1, 1, 2]", sent.stderr
     finally:
         worker.send_signal(signal.SIGTERM)
         _, logs = worker.communicate(timeout=60)
-    assert re.search(r"worker stopped: 3 messages processed \(0 failed, 0 retried\) in "
-                     r"[\d.]+ s, [\d.]+/s", logs), logs
+    summary = re.search(r"worker stopped: (\d+) messages processed \(1 failed, 1 retried\) "
+                        r"in [\d.]+ s, [\d.]+/s", logs)
+    assert summary is not None, logs
+    assert int(summary.group(1)) >= 6
+    assert output.visible(TEXTS[3]) in logs
+    assert not RAW_CONTROLS.search(logs), logs
 
 
 def test_dlq_replay_all_and_bulk_call_show_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
