@@ -1,0 +1,104 @@
+"""The dashboard's JSON API against real workers on the SQLite default, Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from conveyor.contrib.dashboard import Dashboard
+from tests.e2e.conftest import Workers, wait_until
+
+
+@pytest.fixture
+def dash(app: Any) -> Dashboard:
+    return Dashboard(app, sample=False)
+
+
+@pytest.fixture
+def client(dash: Dashboard) -> Iterator[TestClient]:
+    with TestClient(dash.asgi()) as c:
+        yield c
+
+
+def _tasks(client: TestClient, **params: Any) -> list[dict[str, Any]]:
+    reply = client.get("/api/tasks", params=params)
+    assert reply.status_code == 200, reply.text
+    return list(reply.json()["tasks"])
+
+
+def test_api_follows_real_workers(app: Any, queue: str, workers: Workers, *,
+                                  client: TestClient, dash: Dashboard, tmp_path: Path) -> None:
+    import e2e_tasks
+
+    adds = [e2e_tasks.add.delay(i, i).id for i in range(6)]
+    flaky = e2e_tasks.flaky_until.delay(str(tmp_path / "flaky"), 3).id
+    app.flush_pending()
+    assert client.get("/api/queues").json()[queue]["ready"] == 7
+    pending = _tasks(client, queue=queue, state="PENDING")
+    assert {t["id"] for t in pending} == {*adds, flaky}
+    dash.reader.sample()
+
+    workers.start("-c", "2")
+    wait_until(lambda: len(_tasks(client, queue=queue, state="SUCCESS")) == 6,
+               timeout=60, what="six successes listed")
+    wait_until(lambda: client.get("/api/queues").json()[queue]["dead"] == 1,
+               timeout=60, what="the flaky task dead-lettered")
+    dash.reader.sample()
+    flow = client.get("/api/flow").json()
+    assert flow["queues"][queue]["ready"] == 0
+    assert flow["workers"]["alive"] == 1 and flow["states"]["SUCCESS"] >= 6
+
+    # Filters, id prefix and cursor paging.
+    assert {t["id"] for t in _tasks(client, queue=queue, name="e2e_tasks.add")} == set(adds)
+    assert [t["id"] for t in _tasks(client, id=flaky[:13], queue=queue)] == [flaky]
+    seen, cursor = [], None
+    while True:
+        reply = client.get("/api/tasks", params={"queue": queue, "limit": 2,
+                                                 **({"cursor": cursor} if cursor else {})})
+        seen += [t["id"] for t in reply.json()["tasks"]]
+        cursor = reply.json()["cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted([*adds, flaky])
+
+    # The task view: attempts of the retries, the dead letter holding its arguments.
+    task = client.get(f"/api/tasks/{flaky}").json()
+    assert task["state"] == "FAILURE" and task["error_type"].endswith("KeyError")
+    assert [a["outcome"] for a in task["attempts"]] == ["retry", "retry", "failure"]
+    assert task["args"] == [str(tmp_path / "flaky"), 3]
+    assert client.get(f"/api/tasks/{adds[0]}").json()["result"] == 0
+    assert client.get("/api/tasks/no-such-task").status_code == 404
+
+    # The registry entry is rewritten every heartbeat.
+    wait_until(lambda: (client.get("/api/workers").json() or [{}])[0].get("processed", 0) >= 7,
+               timeout=30, what="the worker's processed count in the registry")
+    worker = client.get("/api/workers").json()
+    assert len(worker) == 1 and worker[0]["alive"]
+    assert queue in worker[0]["queues"]
+
+    letters = client.get(f"/api/dead/{queue}").json()
+    assert [d["task_id"] for d in letters] == [flaky]
+    metrics = client.get("/metrics").text
+    assert f'conveyor_queue_messages{{queue="{queue}",state="dead"}} 1.0' in metrics
+    assert "conveyor_workers_alive 1.0" in metrics
+
+    # Actions need the CSRF token; a replay runs the task again (it succeeds the 4th time).
+    refused = client.post(f"/api/dead/{queue}/replay", data={"all": "1"})
+    assert refused.status_code == 403
+    done = client.post(f"/api/dead/{queue}/replay",
+                       data={"id": letters[0]["message_id"], "csrf": dash.guard.csrf()})
+    assert done.status_code == 200 and done.json()["replayed"] == 1
+    wait_until(lambda: client.get(f"/api/tasks/{flaky}").json()["state"] == "SUCCESS",
+               timeout=60, what="the replayed task to succeed")
+    assert client.get(f"/api/tasks/{flaky}").json()["result"] == 4
+
+    # Revoke a queued task (nothing consumes this queue).
+    later = e2e_tasks.add.apply_async((1, 1), queue=queue + "-idle").id
+    app.flush_pending()
+    assert client.post(f"/api/revoke/{later}", headers={"X-CSRF-Token": dash.guard.csrf()}
+                       ).status_code == 200
+    assert client.get(f"/api/tasks/{later}").json()["state"] == "REVOKED"
