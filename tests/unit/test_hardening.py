@@ -104,7 +104,7 @@ def test_task_ids_no_backend_can_key_are_refused_at_send_time(task_id: str) -> N
 
 # MariaDB stores a NUL in a VARCHAR: only PostgreSQL refuses that one.
 @pytest.mark.parametrize(("server", "task_id"), [
-    ("postgres", "P" * 300), ("mysql", "P" * 300), ("postgres", "nul\x00inside")],
+    ("postgres", "P" * 5000), ("mysql", "P" * 5000), ("postgres", "nul\x00inside")],
     ids=["postgres-long", "mysql-long", "postgres-nul"])
 def test_a_message_whose_id_the_backend_refuses_is_dead_lettered_not_redelivered(
         request: pytest.FixtureRequest, server: str, task_id: str) -> None:
