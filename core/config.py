@@ -116,20 +116,25 @@ class Settings:
         return self[key]
 
     def update(self, values: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
-               /, *, source: str = "code", label: str | None = None, **kw: Any) -> None:
+               /, **kw: Any) -> None:
         """Set settings from a mapping and/or keywords, as ``dict.update`` (and Celery) do.
 
-        ``source`` is the layer written: ``"code"`` (the default), ``"environment"`` or
-        ``"command line"``; a value only takes effect when no higher layer (see
-        :data:`PRECEDENCE`) sets the same name. Celery's lowercase names; ``broker`` and
+        This is the code layer: a name the environment or the command line also sets keeps
+        their value (see :data:`PRECEDENCE`). Celery's lowercase names; ``broker`` and
         ``backend`` are accepted as aliases. A key that is no setting is kept (readable as
         ``conf.KEY``) with a warning naming the nearest setting.
         """
+        self.set_layer("code", {**dict(values or {}), **kw})
+
+    def set_layer(self, source: str, values: Mapping[str, Any], *,
+                  label: str | None = None) -> None:
+        """Set ``values`` in one layer of :data:`PRECEDENCE` (``"code"``, ``"environment"``
+        or ``"command line"``); ``label`` says where they came from, for
+        :meth:`source` (default: the layer's name)."""
         if source not in PRECEDENCE:
             raise ValueError(f"source must be one of {', '.join(PRECEDENCE)}")
-        items = list(dict(values or {}).items()) + list(kw.items())
         layer = self._layers.setdefault(source, {})
-        for key, value in items:
+        for key, value in values.items():
             name = _canonical(key)
             if name not in SETTING_NAMES:
                 import warnings
@@ -138,7 +143,7 @@ class Settings:
 
                 warnings.warn(f"unknown setting {key!r}{_did_you_mean(name)}: kept in app.conf "
                               "but nothing in conveyor reads it", ConfigurationWarning,
-                              stacklevel=2)
+                              stacklevel=3)
                 self._extra[key] = value
                 continue
             layer[name] = (_coerce(name, value), label or source)
@@ -166,8 +171,7 @@ class Settings:
         env = os.environ if environ is None else environ
         for var, name in environment_variables().items():
             if var in env:
-                self.update({name: env[var]}, source="environment",
-                            label=f"environment ({var})")
+                self.set_layer("environment", {name: env[var]}, label=f"environment ({var})")
 
     def check(self) -> list[str]:
         """Problems where settings contradict each other (empty when consistent)."""

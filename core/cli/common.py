@@ -166,8 +166,8 @@ def app_from(state: dict[str, Any], app_path: str | None = None) -> Conveyor:
     changed = False
     for name, key in (("broker_url", "broker"), ("result_backend", "backend")):
         if state.get(key):
-            app.conf.update({name: state[key]}, source="command line",
-                            label=f"command line (--{key})")
+            app.conf.set_layer("command line", {name: state[key]},
+                               label=f"command line (--{key})")
             changed = True
     if changed:
         app.close()

@@ -27,8 +27,8 @@ def test_environment_beats_code_and_command_line_beats_both(monkeypatch: pytest.
     assert app.conf.result_expires == 7
     app.conf.update(broker_url="memory://later")        # code again: the environment still wins
     assert app.conf.broker_url == "memory://env"
-    app.conf.update({"broker_url": "memory://cli"}, source="command line",
-                    label="command line (--broker)")
+    app.conf.set_layer("command line", {"broker_url": "memory://cli"},
+                       label="command line (--broker)")
     assert app.conf.broker_url == "memory://cli"
     assert app.conf.source("broker_url") == "command line (--broker)"
     assert app.conf.source("task_default_queue") == "environment (CONVEYOR_TASK_DEFAULT_QUEUE)"
