@@ -268,9 +268,11 @@ function ops.stats()
           redis.call('ZCARD', q.dead)}
 end
 
--- Deletes ready and delayed messages (not reserved, not dead) -> number deleted
+-- Deletes ready and delayed messages (not reserved, not dead) -> number deleted. A message
+-- whose lease ran out is ready again: promote first, or it would survive the purge.
 function ops.purge()
   local q = queue_keys(1)
+  promote(q, now_ms())
   local ids = redis.call('LRANGE', q.ready, 0, -1)
   for _, id in ipairs(redis.call('ZRANGE', q.delayed, 0, -1)) do ids[#ids + 1] = id end
   for _, id in ipairs(redis.call('ZRANGE', q.ranked, 0, -1)) do ids[#ids + 1] = id end

@@ -49,6 +49,17 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str) -> N
     pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
+def outcome(result: Any, workers: Workers) -> Any:
+    """``result.get(timeout=PATIENCE)``; on a timeout the test fails showing the workers' logs."""
+    from conveyor.exceptions import TimeoutError as ResultTimeout
+
+    try:
+        return result.get(timeout=PATIENCE)
+    except ResultTimeout as exc:
+        pytest.fail(f"{exc}\n--- worker logs (last 3000 characters) ---\n"
+                    f"{workers.logs()[-3000:]}", pytrace=False)
+
+
 class Workers:
     """Starts ``conveyor worker`` processes on the URLs; stops them all at teardown."""
 
@@ -166,7 +177,7 @@ class EndToEndContract:
 
         workers.start("-c", "2")
         result = e2e_tasks.add.delay(2, 3)
-        assert result.get(timeout=PATIENCE) == 5, workers.logs()
+        assert outcome(result, workers) == 5
         assert result.state == "SUCCESS"
         assert result.retries == 0
         [attempt] = result.attempts
@@ -201,9 +212,9 @@ class EndToEndContract:
 
         workers.start("-c", "4")
         flow = chain(e2e_tasks.add.s(1, 2), e2e_tasks.mul.s(10), e2e_tasks.add.s(5))()
-        assert flow.get(timeout=PATIENCE) == 35
+        assert outcome(flow, workers) == 35
         fan = group(e2e_tasks.add.s(i, i) for i in range(6))()
-        assert fan.get(timeout=PATIENCE) == [2 * i for i in range(6)]
+        assert outcome(fan, workers) == [2 * i for i in range(6)]
 
     def test_killed_worker_task_is_redelivered(
             self, app: Any, workers: Workers, tmp_path: Path) -> None:
@@ -217,7 +228,7 @@ class EndToEndContract:
         first.wait(10)
         marker.unlink()
         workers.start("-c", "1")
-        run = result.get(timeout=PATIENCE)
+        run = outcome(result, workers)
         assert run["pid"] != str(first.pid)
         assert [a["outcome"] for a in result.attempts] == ["lost", "success"]
 
@@ -234,4 +245,4 @@ class EndToEndContract:
         assert proc.wait(PATIENCE) == 0, workers.logs()
         assert running.state == "SUCCESS"
         workers.start("-c", "2")
-        assert [r.get(timeout=PATIENCE) for r in waiting] == [0, 2, 4]
+        assert [outcome(r, workers) for r in waiting] == [0, 2, 4]

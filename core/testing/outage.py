@@ -14,9 +14,12 @@ them the tests are skipped as not applicable (see :data:`NOT_APPLICABLE`).
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 
@@ -31,6 +34,25 @@ from conveyor.testing.broker import BrokerFixtures
 OUTAGE_BOUND = 20.0
 #: The start of a skip reason for a test that cannot apply to a driver by what it declares.
 NOT_APPLICABLE = "not applicable:"
+
+
+def unreachable_url(url: str, port: int, scratch: Path) -> str:
+    """``url`` with its server swapped for ``127.0.0.1:port`` (where nothing should listen):
+    the host of the URL's authority, or an ``endpoint_url`` query option (``sqs://``,
+    ``s3://``); for SQLite, ``scratch`` (a directory, which cannot be opened as a database).
+    MongoDB URLs get ``serverSelectionTimeoutMS=1000`` so that each call fails in a second."""
+    scheme = url.split("://", 1)[0]
+    if scheme.startswith("sqlite"):
+        return f"sqlite:///{scratch}"
+    if "endpoint_url=" in url:
+        return re.sub(r"endpoint_url=[^&]*", f"endpoint_url=http://127.0.0.1:{port}", url)
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+             if not (scheme.startswith("mongodb") and k == "serverSelectionTimeoutMS")]
+    if scheme.startswith("mongodb"):
+        query.append(("serverSelectionTimeoutMS", "1000"))
+    netloc = re.sub(r"(^|@)[^@]*$", lambda m: f"{m.group(1)}127.0.0.1:{port}", parts.netloc)
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="/:")))
 
 
 def _outcome(call: Callable[[], Any]) -> BaseException | None:

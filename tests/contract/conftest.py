@@ -7,31 +7,12 @@ so the outage contract (:mod:`conveyor.testing.outage`) runs for every driver we
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 
+from conveyor.testing.outage import unreachable_url
 from tests.servers import free_port
-
-
-def dead_server_url(url: str, port: int, tmp_path: Path) -> str:
-    """``url`` pointing at ``127.0.0.1:port`` (nothing listens there) instead of its server."""
-    scheme = url.split("://", 1)[0]
-    if scheme.startswith("sqlite"):
-        unopenable = tmp_path / "a-directory-not-a-database"
-        unopenable.mkdir(exist_ok=True)
-        return f"sqlite:///{unopenable}"
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    if scheme in ("sqs", "s3"):
-        return re.sub(r"endpoint_url=[^&]*", f"endpoint_url=http://127.0.0.1:{port}", url)
-    if scheme.startswith("mongodb"):
-        query = [(k, v) for k, v in query if k != "serverSelectionTimeoutMS"]
-        query.append(("serverSelectionTimeoutMS", "1000"))
-    netloc = re.sub(r"(^|@)[^@]*$", lambda m: f"{m.group(1)}127.0.0.1:{port}", parts.netloc)
-    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="/:")))
 
 
 @pytest.fixture
@@ -41,10 +22,18 @@ def closed_port() -> int:
 
 
 @pytest.fixture
-def unreachable_broker_url(broker_url: str, closed_port: int, tmp_path: Path) -> str:
-    return dead_server_url(broker_url, closed_port, tmp_path)
+def not_a_database(tmp_path: Path) -> Path:
+    """A directory: SQLite cannot open it as a database file."""
+    path = tmp_path / "a-directory-not-a-database"
+    path.mkdir()
+    return path
 
 
 @pytest.fixture
-def unreachable_backend_url(backend_url: str, closed_port: int, tmp_path: Path) -> str:
-    return dead_server_url(backend_url, closed_port, tmp_path)
+def unreachable_broker_url(broker_url: str, closed_port: int, not_a_database: Path) -> str:
+    return unreachable_url(broker_url, closed_port, not_a_database)
+
+
+@pytest.fixture
+def unreachable_backend_url(backend_url: str, closed_port: int, not_a_database: Path) -> str:
+    return unreachable_url(backend_url, closed_port, not_a_database)

@@ -1,0 +1,112 @@
+"""``conveyor conformance``: the contract against any URL, as a table or JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(600)
+
+#: A few areas, so each run takes seconds rather than minutes (the whole suite is the same code).
+SUBSET = "stale_nack or ttl_is_in_seconds or collide or ping"
+
+BROKEN = '''
+from conveyor.brokers.memory import MemoryBroker
+from conveyor.exceptions import ConnectionLostError
+
+
+class BrokenBroker(MemoryBroker):
+    """Hands a nacked message back even when the receipt is stale; ping always fails."""
+
+    def nack(self, reservation, *, delay=0.0):
+        with self._store.cond:
+            q = self._store.queue(reservation.queue)
+            entry = q.reserved.pop(reservation.message_id, None)
+            if entry is not None:
+                q.ready.appendleft(entry[1])
+
+    def ping(self):
+        raise ConnectionLostError("\\x1b[2Jdown [bold red]alarm[/bold red]")
+'''
+
+
+def conveyor(*args: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "400"}  # no wrapping inside the strings asserted on
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-m", "conveyor", *args], capture_output=True,
+                          text=True, env=env, timeout=580, check=False)
+
+
+def test_sqlite_passes_and_the_json_names_each_test_and_area(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    run = conveyor("conformance", "--broker", url, "--backend", url, "-k", SUBSET, "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(run.stdout)
+    assert report["failed"] == 0 and report["passed"] >= 6
+    by_test = {(t["part"], t["test"]): t for t in report["tests"]}
+    stale = by_test[("broker", "test_stale_nack_leaves_the_new_holder_alone")]
+    assert (stale["area"], stale["outcome"]) == ("stale receipt", "passed")
+    assert by_test[("backend", "test_ttl_is_in_seconds_and_fractions_count")]["area"] == "ttl"
+
+
+def test_redis_table_and_cleanup(redis_url: str) -> None:
+    from conveyor.registry import broker_from_url
+
+    run = conveyor("conformance", "--broker", redis_url, "--backend", redis_url, "-k", SUBSET,
+                   "--force")  # the session's server may hold other tests' queues
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "stale receipt" in run.stdout and "0 failed" in run.stdout
+    broker = broker_from_url(redis_url)
+    try:
+        left = [q for q in broker.queues() if q.startswith("contract-")
+                and (s := broker.stats(q)).ready + s.delayed + s.dead]
+    finally:
+        broker.close()
+    assert left == []
+
+
+def test_a_broken_driver_fails_with_its_tests_named_and_text_escaped(tmp_path: Path) -> None:
+    (tmp_path / "brokenpkg.py").write_text(BROKEN)
+    dist = tmp_path / "brokenpkg-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenpkg\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[conveyor.brokers]\nbroken = brokenpkg:BrokenBroker\n")
+    run = conveyor("conformance", "--broker", "broken://x", "-k", "stale_nack or ping",
+                   pythonpath=tmp_path)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "test_stale_nack_leaves_the_new_holder_alone" in run.stdout
+    assert "test_ping_succeeds_on_a_live_server" in run.stdout
+    assert "\x1b" not in run.stdout  # no raw escape reached the terminal
+    assert "[bold red]alarm[/bold red]" in run.stdout
+
+
+def test_a_broker_holding_messages_is_refused_unless_forced(tmp_path: Path) -> None:
+    from conveyor.registry import broker_from_url
+
+    url = f"sqlite:///{tmp_path / 'busy.db'}"
+    broker = broker_from_url(url)
+    broker.enqueue("orders", b"a customer's task")
+    broker.close()
+    run = conveyor("conformance", "--broker", url, "-k", "ping")
+    assert run.returncode == 2
+    assert "already holds messages" in run.stderr and "--force" in run.stderr
+    forced = conveyor("conformance", "--broker", url, "-k", "ping", "--force")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    broker = broker_from_url(url)
+    try:
+        assert broker.stats("orders").ready == 1  # the user's message was left alone
+    finally:
+        broker.close()
+
+
+def test_no_url_is_a_usage_error() -> None:
+    run = conveyor("conformance", "--json")
+    assert run.returncode == 2
+    assert "give --broker URL and/or --backend URL" in json.loads(run.stdout)["error"]
