@@ -1,0 +1,172 @@
+"""Dashboard security: credentials off loopback, CSRF and origin checks, read-only mode,
+masked URLs, and untrusted strings never rendered as HTML (memory drivers, in-process)."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from starlette.testclient import TestClient
+
+from conveyor import Conveyor
+from conveyor.cli import cli
+from conveyor.contrib.dashboard import Dashboard, Guard, check_bind
+from conveyor.exceptions import ConfigurationError
+from conveyor.record import Attempt, TaskRecord
+from tests.hostile import IDS, TEXTS
+
+HTML = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "\"><svg onload=alert(1)>",
+        "</script><script>alert(2)</script>", "{{ 7*7 }}"]
+
+
+@pytest.fixture
+def memory_app() -> Iterator[Conveyor]:
+    name = uuid.uuid4().hex
+    app = Conveyor("sec", broker=f"memory://{name}", backend=f"memory://{name}")
+    yield app
+    app.close()
+
+
+def _client(app: Conveyor, **options: Any) -> TestClient:
+    guard = options.pop("guard", None) or Guard()
+    return TestClient(Dashboard(app, guard=guard, sample=False, **options).asgi())
+
+
+def test_binding_off_loopback_needs_credentials() -> None:
+    with pytest.raises(ConfigurationError, match="without authentication"):
+        check_bind("0.0.0.0", Guard())
+    check_bind("127.0.0.1", Guard())
+    check_bind("::1", Guard())
+    check_bind("0.0.0.0", Guard.from_options(token="t" * 16, basic_auth=None))
+    check_bind("10.1.2.3", Guard.from_options(token=None, basic_auth="ops:secret"))
+    with pytest.raises(ConfigurationError, match="16"):
+        Guard.from_options(token="short", basic_auth=None)
+    with pytest.raises(ConfigurationError, match="USER:PASSWORD"):
+        Guard.from_options(token=None, basic_auth="nopassword")
+
+
+def test_the_command_refuses_to_start_without_credentials_off_loopback() -> None:
+    result = CliRunner().invoke(cli, ["dashboard", "--host", "0.0.0.0"])
+    assert result.exit_code != 0
+    assert "without authentication" in result.output
+
+
+def test_token_and_basic_auth_are_enforced(memory_app: Conveyor) -> None:
+    token = "s3cret-token-0123456789"
+    client = _client(memory_app, guard=Guard.from_options(token=token, basic_auth=None))
+    assert client.get("/api/flow").status_code == 401
+    page = client.get("/", headers={"accept": "text/html"}, follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"] == "/login"
+    assert client.get("/api/flow", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert client.get("/api/flow",
+                      headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert client.post("/login", data={"token": "wrong"}).status_code == 401
+    login = client.post("/login", data={"token": token}, follow_redirects=False)
+    assert login.status_code == 303 and "httponly" in login.headers["set-cookie"].lower()
+    assert client.get("/api/flow").status_code == 200  # the session cookie
+
+    basic = _client(memory_app, guard=Guard.from_options(token=None, basic_auth="ops:pw"))
+    assert basic.get("/").status_code == 401
+    assert "Basic" in basic.get("/").headers["www-authenticate"]
+    good = base64.b64encode(b"ops:pw").decode()
+    bad = base64.b64encode(b"ops:nope").decode()
+    assert basic.get("/", headers={"Authorization": f"Basic {good}"}).status_code == 200
+    assert basic.get("/", headers={"Authorization": f"Basic {bad}"}).status_code == 401
+
+
+def test_actions_need_the_csrf_token_and_the_same_origin(memory_app: Conveyor) -> None:
+    dash = Dashboard(memory_app, sample=False)
+    client = TestClient(dash.asgi())
+    task_id = "queued-" + uuid.uuid4().hex
+    memory_app.backend.store(TaskRecord(task_id, "PENDING", task="t").to_stored(), ttl=60)
+    assert client.post(f"/api/revoke/{task_id}").status_code == 403
+    assert client.post(f"/api/revoke/{task_id}", data={"csrf": "forged"}).status_code == 403
+    cross = client.post(f"/api/revoke/{task_id}", data={"csrf": dash.guard.csrf()},
+                        headers={"Origin": "http://evil.example"})
+    assert cross.status_code == 403
+    site = client.post(f"/api/revoke/{task_id}", data={"csrf": dash.guard.csrf()},
+                       headers={"Sec-Fetch-Site": "cross-site"})
+    assert site.status_code == 403
+    assert memory_app.backend.get(task_id).state == "PENDING"  # type: ignore[union-attr]
+    assert client.get(f"/api/revoke/{task_id}").status_code == 405  # actions are POSTs
+    ok = client.post(f"/api/revoke/{task_id}", data={"csrf": dash.guard.csrf()})
+    assert ok.status_code == 200
+    assert memory_app.backend.get(task_id).state == "REVOKED"  # type: ignore[union-attr]
+
+
+def test_read_only_hides_and_refuses_actions(memory_app: Conveyor) -> None:
+    dash = Dashboard(memory_app, sample=False, read_only=True)
+    client = TestClient(dash.asgi())
+    task_id = "ro-" + uuid.uuid4().hex
+    memory_app.backend.store(TaskRecord(task_id, "PENDING", task="t").to_stored(), ttl=60)
+    memory_app.broker.enqueue("default", b"not a conveyor message")
+    [res] = memory_app.broker.reserve(["default"], lease=5, limit=1)
+    memory_app.broker.dead_letter(res, reason="undecodable")
+    page = client.get(f"/tasks/{task_id}").text
+    assert "Revoke" not in page and "read-only" in page
+    dead = client.get("/dead?queue=default").text
+    assert "undecodable" in dead and "Replay" not in dead and "Delete" not in dead
+    refused = client.post("/api/dead/default/delete",
+                          data={"all": "1", "csrf": dash.guard.csrf()})
+    assert refused.status_code == 403
+    assert memory_app.broker.stats("default").dead == 1
+
+
+def test_urls_are_shown_masked(memory_app: Conveyor) -> None:
+    app = Conveyor("masked", broker=f"memory://{uuid.uuid4().hex}",
+                   backend="redis://:hunter2-secret@127.0.0.1:1/0")
+    try:
+        guard = Guard.from_options(token="t" * 16, basic_auth=None)
+        login = _client(app, guard=guard).get("/login").text
+        assert "hunter2-secret" not in login and "***" in login
+    finally:
+        app.close()
+
+
+def test_untrusted_strings_are_never_markup(memory_app: Conveyor) -> None:
+    dash = Dashboard(memory_app, sample=False)
+    client = TestClient(dash.asgi())
+    backend = memory_app.backend
+    hostile = HTML + TEXTS[:6]
+    ids = []
+    for i, text in enumerate(hostile):
+        task_id = f"{HTML[i % len(HTML)]}-{i}"
+        ids.append(task_id)
+        backend.store(TaskRecord(
+            task_id, "FAILURE", task=text, queue=text[:50], worker=text[:60],
+            error_type=text, error_message=text, traceback=text, parent=HTML[0],
+            attempts=[Attempt(1, text, 1.0, 2.0, "failure", text, text).to_dict()],
+        ).to_stored(), ttl=60)
+    for task_id in IDS[:8]:
+        backend.store(TaskRecord(task_id, "SUCCESS", task=HTML[1], result=HTML[2]).to_stored(),
+                      ttl=60)
+        ids.append(task_id)
+    pages = [client.get("/tasks").text, client.get("/tasks", params={"limit": 200}).text]
+    pages += [client.get("/tasks/" + task_id).text for task_id in ids[:len(HTML) + 3]]
+    api = client.get("/api/tasks")
+    # JSON is data, never HTML: the browser is told so and must not sniff.
+    assert api.headers["content-type"] == "application/json"
+    assert api.headers["x-content-type-options"] == "nosniff"
+    for page in pages:
+        for bad in ("<script>alert", "<img src=x", "<svg onload"):
+            assert bad not in page
+        assert "{{ 7*7 }}" not in page or "49" not in page.split("{{ 7*7 }}")[0][-5:]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in pages[0]
+    assert client.get("/tasks/" + ids[0]).status_code == 200
+    assert "Content-Security-Policy" in client.get("/").headers
+
+
+def test_the_redaction_hook_applies_to_task_views(memory_app: Conveyor) -> None:
+    def hide(view: dict[str, Any]) -> dict[str, Any]:
+        return {**view, "args": "<hidden>", "kwargs": "<hidden>", "result": "<hidden>"}
+
+    dash = Dashboard(memory_app, sample=False, redact=hide)
+    client = TestClient(dash.asgi())
+    memory_app.backend.store(TaskRecord("r1", "SUCCESS", task="t",
+                                        result={"card": "4111"}).to_stored(), ttl=60)
+    view = client.get("/api/tasks/r1").json()
+    assert view["result"] == "<hidden>" and "4111" not in client.get("/tasks/r1").text
