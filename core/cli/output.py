@@ -1,9 +1,12 @@
 """Safe printing for every command: escaped untrusted text, tables, ``--json`` output, errors.
 
-Untrusted strings (ids, task names, reasons, args, URLs) go through :func:`safe` before they
-reach a console: rich markup in them is escaped and control characters are shown as ``\\x1b``
-style escapes, so a hostile task name can neither style nor break the output. With ``--json``
-every output, errors included, is one JSON document on stdout.
+Untrusted strings (ids, task names, reasons, args, URLs) reach a console only through these
+helpers: :func:`add_row` and :func:`fields` (table cells), :func:`text` (a rich ``Text``),
+:func:`visible` (plain strings printed with ``markup=False`` or through click), :func:`safe`
+(inside markup) and :func:`fail`. Each prints them as plain text, never as rich markup, with
+control characters shown as ``\\x1b``-style escapes, so a hostile task name can neither style
+nor rewrite the terminal. With ``--json`` every output, errors included, is one JSON document
+on stdout (:func:`emit_json`, :func:`fail`); :func:`json_mode` says whether it was asked for.
 """
 
 from __future__ import annotations
