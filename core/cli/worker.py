@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from conveyor.app import Conveyor
 from conveyor.cli.common import app_from, pass_state, queues_option, split_queues, url_options
 from conveyor.cli.output import visible
 
@@ -38,6 +39,7 @@ def worker(state: dict[str, Any], app_path: str | None, queues: str | None,
     app = app_from(state, app_path)
     pool = pool or app.conf.worker_pool
     names = split_queues(queues, app)
+    _load_drivers(app)
     if pool == "processes":
         from conveyor.worker.supervisor import Supervisor
 
@@ -80,6 +82,21 @@ def worker(state: dict[str, Any], app_path: str | None, queues: str | None,
     if code == RECYCLE:  # a thread is stuck past a hard time limit: start afresh
         reexec()
     sys.exit(code)
+
+
+def _load_drivers(app: Conveyor) -> None:
+    """Fail now, once, on what no retry fixes (a driver's client library not installed, a
+    malformed URL): otherwise a processes pool would restart children that die of it for
+    ever. An unreachable server is left to the worker's backoff."""
+    from conveyor.exceptions import ConfigurationError, ConveyorError, MissingDependencyError
+
+    for kind in ("broker", "backend"):
+        try:
+            getattr(app, kind)
+        except (MissingDependencyError, ConfigurationError):
+            raise
+        except ConveyorError:
+            pass
 
 
 def drain_summary(processed: int, *, failed: int, retried: int, seconds: float) -> str:

@@ -251,12 +251,13 @@ def test_drivers_imports_each_client_and_names_the_extra_when_missing(
     assert "needs pip install 'conveyor[redis]'" in out
 
 
+@pytest.mark.parametrize("pool", ["threads", "processes"])
 def test_worker_with_a_missing_driver_library_says_so_once_and_exits_at_once(
-        tmp_path: Path) -> None:
+        pool: str, tmp_path: Path) -> None:
     code = ("import sys; sys.modules['redis'] = None\n"
             "from conveyor.cli import main\n"
             "sys.argv = ['conveyor', 'worker', '--broker', 'redis://127.0.0.1:1/0',"
-            " '--backend', 'redis://127.0.0.1:1/0']\nmain()\n")
+            f" '--backend', 'redis://127.0.0.1:1/0', '--pool', '{pool}', '-c', '2']\nmain()\n")
     started = time.monotonic()
     proc = subprocess.run(check=False, args=[sys.executable, "-c", code], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60,
