@@ -2,13 +2,14 @@
 
 Every ``worker_heartbeat_interval`` the worker writes its entry ``worker:<hostname>`` with
 an expiry of three intervals, so a worker killed with SIGKILL drops out of the registry
-within three heartbeats; a graceful stop deletes it at once. About once a second it reads
-its control queue and refreshes the revoked-ids cache, ending running tasks revoked with
-``terminate=True``.
+within three heartbeats; a graceful stop deletes it at once. Twice a second it refreshes the
+revoked-ids cache (ending running tasks revoked with ``terminate=True``), once a second it
+reads its control queue.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -29,10 +30,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.worker")
 
 REGISTRY_PREFIX = "worker:"
-#: Seconds between reads of the control queue and the revoked ids.
+#: Seconds between reads of the revoked ids, and of the control queue.
 TICK = 0.5
+COMMAND_TICK = 1.0
 
 
+@functools.cache
 def _version() -> str:
     try:
         return metadata.version("conveyor")
@@ -104,16 +107,20 @@ class WorkerAgent:
 
     def run(self) -> None:
         interval = self.app.conf.heartbeat_interval
-        last_beat = time.monotonic()
+        last_beat = last_read = time.monotonic()
         while not self._stop.wait(min(TICK, interval)):
             try:
+                now = time.monotonic()
                 if self.enabled:
                     self.revoked.refresh()
                     self._terminate_revoked()
-                    if time.monotonic() - last_beat >= interval:
-                        last_beat = time.monotonic()
+                    if now - last_beat >= interval:
+                        last_beat = now
                         self.register()
-                self._read_commands()
+                # Reading the control queue is a claim (a write on SQL): once a second.
+                if now - last_read >= COMMAND_TICK:
+                    last_read = now
+                    self._read_commands()
             except ConveyorError as exc:
                 log.warning("worker agent: %s (retrying)", exc)
             except Exception:
