@@ -24,6 +24,10 @@ else:
     T = TypeVar("T")
 
 
+#: ``AsyncResult.parent`` not known yet (read from the record on first use).
+_UNKNOWN: Any = object()
+
+
 class AsyncResult(Generic[T]):
     """The state and result of one task, read from the result backend.
 
@@ -31,19 +35,37 @@ class AsyncResult(Generic[T]):
     record is cached since it can no longer change.
     """
 
-    __slots__ = ("_final", "app", "children", "id", "parent")
+    __slots__ = ("_final", "_parent", "app", "children", "id")
 
     def __init__(self, task_id: str, *, app: Conveyor, parent: Any = None) -> None:
         self.id = task_id
         self.app = app
-        #: The result this one's task got its input from (the previous step of a chain,
-        #: a chord's header), when this handle came from sending a workflow.
-        self.parent = parent
-        #: Results started by this one (the next chain step, a chord's body), likewise.
+        self._parent: Any = parent if parent is not None else _UNKNOWN
+        #: Results started by this one (the next chain step, a chord's body), on handles
+        #: returned by sending a workflow (records keep parents, not children).
         self.children: list[Any] = []
         if parent is not None:
             parent.children.append(self)
         self._final: TaskRecord | None = None
+
+    @property
+    def parent(self) -> Any:
+        """The result this task got its input from: the previous step of a chain, or a
+        chord's header (a GroupResult). Known on handles from sending a workflow, else read
+        from the record; None for a first task."""
+        if self._parent is _UNKNOWN:
+            record = self._record()
+            self._parent = None
+            if record is not None and record.parent:
+                from conveyor.canvas.engine import header_result
+
+                self._parent = (header_result(self.app, record.parent)
+                                or AsyncResult(record.parent, app=self.app))
+        return self._parent
+
+    @parent.setter
+    def parent(self, value: Any) -> None:
+        self._parent = value
 
     def __repr__(self) -> str:
         return f"<AsyncResult {self.id}>"

@@ -228,6 +228,21 @@ def send_linked(task: Task[Any, Any], args: Any, kwargs: Any, *, link: Any, link
     return sig.apply_async()  # type: ignore[no-any-return]
 
 
+def header_result(app: Conveyor, group_id: str) -> GroupResult | None:
+    """The GroupResult of the chord header ``group_id`` (from its entry), else None."""
+    from conveyor.result import AsyncResult, GroupResult
+
+    if not app.backend.capabilities.coordination:
+        return None
+    raw = app.backend.entries(CHORD_ENTRY + group_id).get(CHORD_ENTRY + group_id)
+    if raw is None:
+        return None
+    entry = json.loads(raw)
+    parent = entry.get("parent")
+    return GroupResult([AsyncResult(i, app=app) for i in entry["ids"]], id=group_id, app=app,
+                       parent=AsyncResult(parent, app=app) if parent else None)
+
+
 def app_writes(op: Callable[[], Any]) -> Any:
     """Run a backend write from a producer (errors reach the caller)."""
     return op()

@@ -273,6 +273,18 @@ def test_group_result_save_and_restore(app: Conveyor, t: Any, worker: Consumer) 
     assert again.completed_count() == 3
 
 
+def test_handle_rebuilt_from_an_id_finds_its_parents(app: Conveyor, t: Any,
+                                                     worker: Consumer) -> None:
+    sent = chain(t.add.s(1, 1), chord([t.add.s(1), t.add.s(2)], t.total.s()))()
+    assert sent.get(timeout=10) == 7
+    again = app.AsyncResult(sent.id)
+    header = again.parent
+    assert isinstance(header, GroupResult) and header.id == sent.parent.id
+    assert header.get(timeout=10) == [3, 4]
+    assert header.parent.id == sent.parent.parent.id
+    assert app.AsyncResult(header.parent.id).parent is None
+
+
 def test_collect_walks_the_workflow(app: Conveyor, t: Any, worker: Consumer) -> None:
     result = chain(t.add.s(1, 1), t.add.s(1))()
     first = result.parent
