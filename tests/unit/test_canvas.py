@@ -63,6 +63,10 @@ def tasks(app: Conveyor) -> Any:
         raise self.replace(chain(add.s(x, 1), mul.s(10)))
 
     @app.task(bind=True)
+    def fan_out(self: Any, x: int) -> None:
+        raise self.replace(group(add.s(x, 1), add.s(x, 2)))
+
+    @app.task(bind=True)
     def ids(self: Any, *args: Any) -> dict[str, Any]:
         r = self.request
         return {"id": r.id, "root": r.root_id, "parent": r.parent_id, "group": r.group_id,
@@ -250,6 +254,12 @@ def test_replace_continues_the_chain_with_the_replacements_result(
     # replacer(4) -> (4 + 1) * 10 = 50 under replacer's own id -> 51
     assert result.get(timeout=10) == 51
     assert result.parent.get(timeout=10) == 50
+
+
+def test_replace_by_a_group_gives_the_list_under_the_tasks_id(
+        app: Conveyor, t: Any, worker: Consumer) -> None:
+    assert t.fan_out.delay(1).get(timeout=10) == [2, 3]
+    assert chain(t.fan_out.s(1), t.total.s())().get(timeout=10) == 5
 
 
 def test_request_knows_its_place_in_the_workflow(app: Conveyor, t: Any,
