@@ -313,7 +313,8 @@ def test_routes_by_name_glob_regex_and_callable_with_precedence(app: Conveyor) -
 
     app.conf.task_routes = [{"a.exact": "q-exact", "b.*": {"queue": "q-glob"},
                              re.compile(r"^c\.\d+$"): {"queue": "q-regex"}}, router]
-    assert app.send_task("a.exact").app is app
+    app.send_task("a.exact")
+    assert app.broker.stats("q-exact").ready == 1  # send_task honours routes
     assert app.build_message("a.exact").queue == "q-exact"
     assert app.build_message("b.anything").queue == "q-glob"
     assert app.build_message("c.42").queue == "q-regex"
@@ -352,6 +353,48 @@ def test_memory_broker_serves_higher_priorities_first(app: Conveyor) -> None:
 
     tags = [Message.decode(r.body, app.signer).args[0] for r in got]
     assert tags == ["high", "mid", "low0", "low1", "low2"]
+
+
+def test_a_broker_without_priorities_is_never_passed_one(app: Conveyor,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from conveyor.broker import BrokerCapabilities
+    from conveyor.brokers.memory import MemoryBroker
+
+    monkeypatch.setattr(MemoryBroker, "capabilities", BrokerCapabilities(priorities=False))
+    seen: list[dict[str, Any]] = []
+    original = MemoryBroker.enqueue
+
+    def enqueue(self: MemoryBroker, queue: str, message: bytes, **kw: Any) -> str:
+        seen.append(kw)
+        return original(self, queue, message, **kw)
+
+    monkeypatch.setattr(MemoryBroker, "enqueue", enqueue)
+    app.send_task("x", priority=9)
+    assert seen == [{"delay": 0.0}]
+
+
+def test_revoked_chain_parent_fails_the_rest_instead_of_leaving_it_pending(
+        app: Conveyor) -> None:
+    @app.task
+    def step(x: int) -> int:
+        return x + 1
+
+    from conveyor import chain
+
+    sent = chain(step.s(1), step.s()).apply_async(countdown=0.3)
+    first = sent.parent
+    assert first is not None
+    first.revoke()
+    consumer = Consumer(app, concurrency=1)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        _wait(lambda: sent.state == "FAILURE", timeout=5)
+        assert first.state == "REVOKED"
+        assert "revoked" in str(sent.result)
+    finally:
+        consumer.stop()
+        thread.join(10)
 
 
 # -- time limits ------------------------------------------------------------------------------
