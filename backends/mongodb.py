@@ -14,12 +14,16 @@ The first terminal write wins inside the server: a store is an upsert whose filt
 only a writable document (not terminal, or expired; for PENDING only an expired one). When a
 document exists but does not match, the upsert's insert fails on the unique ``_id``: that
 duplicate-key error means "not written". Two writers creating the same id at once also end
-in one duplicate-key error, so the loser tries once more against the winner's document.
+in one duplicate-key error, so the loser tries again against the winner's document, as long
+as that document is one it may replace.
 """
 
 from __future__ import annotations
 
+import contextlib
+import random
 import re
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar, TypeVar
@@ -49,6 +53,12 @@ _CHUNK = 500  # ids per $in list, records per bulk write
 _DUPLICATE_KEY = 11000
 
 
+def _stamp(now: datetime) -> datetime:
+    """``now`` rounded up to BSON's millisecond, so a record written after a moment ``t``
+    never reads as written before it (BSON would truncate)."""
+    return now + timedelta(microseconds=(1000 - now.microsecond % 1000) % 1000)
+
+
 def _live(now: datetime) -> dict[str, Any]:
     return {"$or": [{"expires_at": None}, {"expires_at": {"$gt": now}}]}
 
@@ -62,16 +72,21 @@ def _writable(now: datetime, state: str) -> dict[str, Any]:
     return {"$or": [{"state": {"$nin": _TERMINAL}}, expired]}
 
 
-def _retry_duplicate(write: Callable[[], T], tries: int = 3) -> T | None:
+def _retry_duplicate(write: Callable[[], T], again: Callable[[], bool] = lambda: True,
+                     tries: int = 10) -> T | None:
     """Run ``write``; on a duplicate-key error (an upsert racing another's insert) run it
-    again, now against the winner's document. None when every try hit one."""
+    again while ``again()`` says the document there may still be written. None when it
+    says no, or every try hit one.
+
+    A short random pause spreads racing writers apart."""
     from pymongo.errors import DuplicateKeyError
 
-    for _ in range(tries):
-        try:
+    for attempt in range(tries):
+        with contextlib.suppress(DuplicateKeyError):
             return write()
-        except DuplicateKeyError:
-            continue
+        if attempt + 1 == tries or not again():
+            return None
+        time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
     return None
 
 
@@ -107,14 +122,17 @@ class MongoResultBackend(ResultBackend):
             results = self._coll("results")
             now = self._now()
             query = {"_id": record.task_id, **_writable(now, record.state)}
+            blocked = {"_id": record.task_id, "$nor": [_writable(now, record.state)]}
             change = {"$set": {"state": str(record.state), "data": bytes(record.data),
-                               "updated_at": now, "expires_at": self._expiry(ttl),
+                               "updated_at": _stamp(now), "expires_at": self._expiry(ttl),
                                "name": record.name, "queue": record.queue,
                                "worker": record.worker}}
-            # PENDING that hits an existing document has lost for good: no second try.
-            tries = 1 if record.state == "PENDING" else 2
-            done = _retry_duplicate(lambda: results.update_one(query, change, upsert=True),
-                                    tries)
+            # Try again only while the document there is one this write may replace: a
+            # terminal one stays so (PENDING never replaces a live one at all).
+            done = _retry_duplicate(
+                lambda: results.update_one(query, change, upsert=True),
+                lambda: record.state != "PENDING" and results.find_one(blocked, {"_id": 1})
+                is None)
         return done is not None
 
     def store_many(self, records: Iterable[StoredRecord], *, ttl: float | None) -> list[bool]:
@@ -133,7 +151,7 @@ class MongoResultBackend(ResultBackend):
                 now, expires = self._now(), self._expiry(ttl)
                 ops = [UpdateOne({"_id": r.task_id, **_writable(now, r.state)},
                                  {"$set": {"state": str(r.state), "data": bytes(r.data),
-                                           "updated_at": now, "expires_at": expires,
+                                           "updated_at": _stamp(now), "expires_at": expires,
                                            "name": r.name, "queue": r.queue,
                                            "worker": r.worker}},
                                  upsert=True) for r in part]
@@ -208,24 +226,33 @@ class MongoResultBackend(ResultBackend):
 
     # -- coordination ---------------------------------------------------------------------
     def join(self, key: str, member: str, *, ttl: float | None) -> int:
-        """One ``find_one_and_update`` with upsert: a pipeline that starts the member list
-        afresh when the set has expired, else unions the member in, and sets the expiry."""
+        """One ``find_one_and_update`` of the set's document: a pipeline that starts the
+        member list afresh when the set has expired, else unions the member in, and sets the
+        expiry. A missing set is first created empty by a plain insert (racing creators:
+        one wins, the others' duplicate-key errors are ignored), then joined the same way.
+
+        Not an upsert of the join itself: SecantusDB's ``find_one_and_update`` returns a
+        wrong document, or none, to upserts racing on a new ``_id``."""
         from pymongo import ReturnDocument
+        from pymongo.errors import DuplicateKeyError
 
         with self._errors:
-            sets, now = self._coll("sets"), self._now()
+            sets, now, expires = self._coll("sets"), self._now(), self._expiry(ttl)
             expired = {"$and": [{"$eq": [{"$type": "$expires_at"}, "date"]},
                                 {"$lte": ["$expires_at", now]}]}
             mine = {"$literal": [member]}  # $literal: a member starting with "$" is no path
             update = [{"$set": {
                 "members": {"$cond": [expired, mine,
                                       {"$setUnion": [{"$ifNull": ["$members", []]}, mine]}]},
-                "expires_at": {"$literal": self._expiry(ttl)}}}]
-            doc = _retry_duplicate(lambda: sets.find_one_and_update(
-                {"_id": key}, update, upsert=True, return_document=ReturnDocument.AFTER))
-        if doc is None:
-            raise DriverError(f"join of {key!r} kept racing concurrent first joins; try again")
-        return len(doc["members"])
+                "expires_at": {"$literal": expires}}}]
+            for _ in range(5):  # more only if the TTL monitor keeps deleting it meanwhile
+                doc = sets.find_one_and_update({"_id": key}, update,
+                                               return_document=ReturnDocument.AFTER)
+                if doc is not None:
+                    return len(doc["members"])
+                with contextlib.suppress(DuplicateKeyError):
+                    sets.insert_one({"_id": key, "members": [], "expires_at": expires})
+        raise DriverError(f"join of {key!r}: its set kept disappearing; try again")
 
     def put_entry(self, key: str, value: bytes, *, ttl: float | None) -> None:
         """Replace (or create) the entry in one upsert."""

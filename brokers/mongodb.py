@@ -3,9 +3,9 @@
 Collections (prefix ``conveyor_`` by default; see :mod:`conveyor.stores.mongodb`)::
 
     <p>messages  _id, queue, priority, body, visible_at, token, attempts
-                 index (queue, priority desc, visible_at, _id): the claim reads it in order
+                 index (queue, priority desc, visible_at): the claim reads it in order
     <p>dead      _id (the message id), queue, body, reason, dead_at
-                 index (queue, dead_at, _id)
+                 index (queue, dead_at)
 
 A message is *ready* when ``visible_at <= now``, *delayed* when later with no ``token``,
 *reserved* when later with one. A claim sets ``visible_at = now + lease``, a fresh token and
@@ -34,9 +34,11 @@ from conveyor.url import URL
 
 _Indexes = list[tuple[list[tuple[str, int]], dict[str, Any]]]
 _MESSAGES: tuple[str, _Indexes] = (
-    "messages", [([("queue", 1), ("priority", -1), ("visible_at", 1), ("_id", 1)], {})])
-_DEAD: tuple[str, _Indexes] = ("dead", [([("queue", 1), ("dead_at", 1), ("_id", 1)], {})])
-_ORDER = [("priority", -1), ("visible_at", 1), ("_id", 1)]
+    "messages", [([("queue", 1), ("priority", -1), ("visible_at", 1)], {})])
+_DEAD: tuple[str, _Indexes] = ("dead", [([("queue", 1), ("dead_at", 1)], {})])
+# No _id tie-break: the index serves this sort as it is, and equal keys come back in
+# insertion order anyway. (nx-27017 also cannot index _id inside a compound index.)
+_ORDER = [("priority", -1), ("visible_at", 1)]
 _CHUNK = 500  # ids per $in list, reservations per delete
 _ID_LOCK = threading.Lock()
 _last_ns = 0
@@ -52,8 +54,8 @@ _WAKE_EVENTS = [
 
 
 def _new_ids(count: int) -> list[str]:
-    """Unique ids that sort by creation time within a process (they break ties of
-    ``visible_at``, keeping delivery close to FIFO)."""
+    """Unique ids that sort by creation time within a process (they order dead letters
+    written in the same millisecond)."""
     global _last_ns
     with _ID_LOCK:
         start = max(time.time_ns(), _last_ns + 1)

@@ -153,6 +153,7 @@ class MongoStore:
         self._lock = threading.Lock()
         self._offset = 0.0
         self._measured = float("-inf")
+        self._measured_once = False
 
     def collection(self, name: str, indexes: Sequence[tuple[Sequence[tuple[str, int]],
                                                                dict[str, Any]]] = ()
@@ -183,11 +184,15 @@ class MongoStore:
         received = time.time()
         stamp = reply.get("localTime")
         self._measured = received
-        # A slow reply says little about the clock; keep an earlier estimate then.
-        if isinstance(stamp, datetime) and (received - sent < 0.1
-                                            or self._offset == 0.0):
-            # localTime is truncated to the millisecond: +0.5 ms centres it.
-            self._offset = stamp.timestamp() + 0.0005 - (sent + received) / 2
+        if not isinstance(stamp, datetime) or (received - sent > 0.1 and self._measured_once):
+            return  # a slow reply says little about the clock: keep the earlier estimate
+        self._measured_once = True
+        # localTime is truncated to the millisecond: +0.5 ms centres it. An offset within
+        # the estimate's own error (that millisecond plus half the round trip, and NTP's
+        # usual few ms) is noise: the local clock is kept then.
+        offset = stamp.timestamp() + 0.0005 - (sent + received) / 2
+        noise = 0.005 + (received - sent) / 2
+        self._offset = offset if abs(offset) > noise else 0.0
 
     def server_info(self) -> dict[str, str]:
         """``{"server": "mongodb 7.0.2", "database": ..., "prefix": ...}`` for ``conveyor check``;
