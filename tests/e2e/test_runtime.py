@@ -5,8 +5,12 @@ that appear and expire after SIGKILL. Each runs on a small explicit list of pair
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -148,6 +152,12 @@ def test_registry_entries_appear_and_expire_after_sigkill(app: Any, workers: Wor
     entry = inspect.workers()["alpha@e2e"]
     assert entry["pid"] == first.pid and entry["concurrency"] == 2
     assert e2e_tasks.add.name in inspect.registered()["beta@e2e"]
+    shown = subprocess.run(
+        [sys.executable, "-m", "conveyor", "-A", "e2e_tasks:app", "inspect", "workers",
+         "--json"], cwd=Path(__file__).parent, capture_output=True, timeout=60, check=True,
+        env={**os.environ, "CONVEYOR_BROKER_URL": app.conf.broker_url,
+             "CONVEYOR_BACKEND_URL": app.conf.result_backend})
+    assert {"alpha@e2e", "beta@e2e"} <= set(json.loads(shown.stdout))
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     # The lease is 2 s here, so the heartbeat is 2/3 s and an entry lives 2 s.
