@@ -1,4 +1,10 @@
-"""``memory://[name]``: an in-process result backend for tests. Same-named backends share."""
+"""``memory://[name]``: an in-process result backend for tests. Same-named backends share.
+
+The reference backend of docs/driver-authors.md: each method's docstring names the contract
+rule it keeps (the tests of :mod:`conveyor.testing`) and how. One ``threading.Condition`` per
+name makes every operation atomic, as one conditional statement or script does on a server,
+and wakes :meth:`MemoryResultBackend.wait` the moment a record is stored.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +26,9 @@ from conveyor.url import URL
 
 
 class _Store:
+    """Everything backends of one name share: records with their expiry (``time.time()``
+    seconds, None for never), coordination sets and entries, write times for queries."""
+
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.records: dict[str, tuple[StoredRecord, float | None]] = {}
@@ -35,19 +44,30 @@ _STORES_LOCK = threading.Lock()
 
 
 class MemoryResultBackend(ResultBackend):
-    """A thread-safe in-process backend; ``wait`` wakes as soon as a result is stored."""
+    """A thread-safe in-process backend; ``wait`` wakes as soon as a result is stored.
+
+    Capabilities, and why: ``native_expiry`` (reads drop expired records themselves, so
+    nothing needs purging for correctness), ``push_wait`` (the condition wakes waiters),
+    ``shared_between_processes=False`` (a dict in this process), ``coordination`` and
+    ``query`` (both implemented below under the same lock).
+    """
 
     capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(
         native_expiry=True, push_wait=True, shared_between_processes=False, coordination=True,
         query=True)
 
     def __init__(self, url: URL, **options: Any) -> None:
+        """Join the store of the URL's name. Nothing is cached per instance, so a forget
+        through one is seen by every other at once (``BackendCoherenceContract``)."""
         super().__init__(url)
         name = url.raw.split("://", 1)[1].split("?", 1)[0] or "default"
         with _STORES_LOCK:
             self._store = _STORES.setdefault(name, _Store())
 
     def _live(self, task_id: str) -> StoredRecord | None:
+        """The record if it has not expired; an expired one is deleted on the way, so it can
+        neither be read nor block a new write (``test_record_is_hidden_once_its_ttl_has_passed``,
+        ``test_expired_terminal_record_does_not_block_a_new_one``). Caller holds the lock."""
         entry = self._store.records.get(task_id)
         if entry is None:
             return None
@@ -58,6 +78,13 @@ class MemoryResultBackend(ResultBackend):
         return entry[0]
 
     def store(self, record: StoredRecord, *, ttl: float | None) -> bool:
+        """Check and write under one lock: refused (False, nothing written, expiry
+        included) when a live terminal record exists or a PENDING record meets any live one
+        (``test_first_terminal_write_wins``, ``test_pending_never_replaces_an_existing_record``,
+        ``test_a_refused_write_leaves_the_expiry_alone``). A written record replaces the old
+        one with the expiry of this write, ``ttl`` seconds from now, fractions kept
+        (``test_rewriting_a_record_sets_its_expiry_afresh``). The dict is keyed by the exact
+        id (``test_task_ids_that_could_collide_are_kept_apart``)."""
         with self._store.cond:
             current = self._live(record.task_id)
             if current is not None and (current.ready or record.state == "PENDING"):
@@ -69,15 +96,21 @@ class MemoryResultBackend(ResultBackend):
             return True
 
     def get(self, task_id: str) -> StoredRecord | None:
+        """The live record or None (``test_unknown_id_has_no_record``). ``get_many`` is the
+        interface's default, one ``get`` per id, so gaps anywhere are simply left out
+        (``test_get_many_with_missing_ids_in_every_position``)."""
         with self._store.cond:
             return self._live(task_id)
 
     def forget(self, task_id: str) -> None:
+        """Delete the record; a missing one is a no-op (``test_forget_is_idempotent``)."""
         with self._store.cond:
             self._store.records.pop(task_id, None)
             self._store.written.pop(task_id, None)
 
     def wait(self, task_id: str, *, timeout: float | None) -> StoredRecord | None:
+        """Sleep on the condition until a terminal record is there (progress states do not
+        end the wait: ``test_wait_ignores_progress_states``) or ``timeout`` passes (None)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._store.cond:
             while True:
@@ -120,21 +153,28 @@ class MemoryResultBackend(ResultBackend):
             return len(members)
 
     def put_entry(self, key: str, value: bytes, *, ttl: float | None) -> None:
+        """Replace the entry and its expiry; entries live apart from records
+        (``test_entry_never_collides_with_a_task_record``)."""
         with self._store.cond:
             self._store.entries[key] = (bytes(value), None if ttl is None else time.time() + ttl)
 
     def entries(self, prefix: str) -> dict[str, bytes]:
+        """Live entries by ``str.startswith``: a literal prefix, never a pattern
+        (``test_prefix_is_literal_not_a_pattern``)."""
         with self._store.cond:
             now = time.time()
             return {k: v for k, (v, exp) in self._store.entries.items()
                     if k.startswith(prefix) and (exp is None or exp > now)}
 
     def delete_entry(self, key: str) -> None:
+        """Delete the entry; idempotent (``test_delete_entry_is_idempotent``)."""
         with self._store.cond:
             self._store.entries.pop(key, None)
 
     def purge_expired(self) -> int:
-        """Counts expired task records only; expired sets and entries go silently."""
+        """Delete expired records (and expired sets and entries) and return how many
+        task records went (``test_purge_expired_counts_the_records_it_deleted``); expired
+        sets and entries are not counted."""
         with self._store.cond:
             now = time.time()
             gone = [k for k, (_, exp) in self._store.records.items()
@@ -148,4 +188,5 @@ class MemoryResultBackend(ResultBackend):
             return len(gone)
 
     def ping(self) -> None:
+        """Nothing to reach: an in-process store is always up."""
         return None
