@@ -99,7 +99,7 @@ class SQLBroker(Broker):
         if isinstance(queues, str):
             queues = [queues]
         for queue in queues:
-            self._db.check_queue_name(queue)
+            self._db.check_queue_name(queue, consuming=True)
         deadline = time.monotonic() + max(wait, 0.0)
         pause = backoff(0.01, self.poll_interval)
         listener = self._db.listener("messages") if wait > 0 else None

@@ -539,11 +539,14 @@ class SQLStore:
                 pass  # the connect event reads max_allowed_packet
         refuse_oversized(self.url, size, what)
 
-    def check_queue_name(self, queue: str) -> None:
-        """Raise :class:`ValueRefusedError` for a queue name this database cannot tell apart
-        from another: MySQL/MariaDB compare ``'q '`` and ``'q'`` as equal (PAD SPACE)."""
+    def check_queue_name(self, queue: str, *, consuming: bool = False) -> None:
+        """Refuse a queue name this database cannot tell apart from another: MySQL/MariaDB
+        compare ``'q '`` and ``'q'`` as equal (PAD SPACE). :class:`ValueRefusedError` when
+        sending; :class:`ConfigurationError` when ``consuming`` (a worker's ``-Q``: waiting
+        cannot fix it)."""
         if self.dialect == "mysql" and queue.endswith(" "):
-            raise ValueRefusedError(
+            error = ConfigurationError if consuming else ValueRefusedError
+            raise error(
                 f"queue name {queue!r} ends with a space; MySQL/MariaDB would take it for "
                 f"{queue.rstrip(' ')!r} (trailing spaces are ignored in comparisons): remove "
                 "the trailing spaces")
