@@ -296,6 +296,12 @@ class TaskRunner:
         self._fail(job, exc, None, exhausted=False)
         self.failed += 1
         self.active.pop(job.msg.id, None)
+        msg = job.msg
+        args, kwargs = msg.arguments(self.app.task_codec)
+        hooks.finished(job.task, Request(id=msg.id, task=msg.task, args=args, kwargs=kwargs,
+                                         retries=msg.retries, queue=job.res.queue,
+                                         hostname=self.hostname),
+                       FAILURE, None, exc=exc)
 
     def _start(self, job: Job) -> bool:
         """Record STARTED as configured; False when the task already has an outcome.
@@ -361,6 +367,7 @@ class TaskRunner:
             return False
         attempt = self._close(job.attempt, "success")
         record = self._record(msg, res, SUCCESS, attempts=[*job.history, attempt.to_dict()])
+        record.children = canvas.children_of(msg)
         record.result, record.result_type = (None, "json") if task.ignore_result else (
             packed, result_type)
         # A chord's completer reads every member's outcome: store it before joining.

@@ -411,7 +411,8 @@ def test_soft_time_limit_raises_inside_the_task(app: Conveyor, worker: Consumer)
     assert slow.delay().get(timeout=5) == "cleaned up"
 
 
-def test_hard_time_limit_records_failure_and_asks_to_recycle(app: Conveyor) -> None:
+def test_hard_time_limit_records_failure_and_asks_to_recycle(app: Conveyor,
+                                                             recorded: list[Any]) -> None:
     release = threading.Event()
 
     @app.task(time_limit=0.3)
@@ -431,6 +432,9 @@ def test_hard_time_limit_records_failure_and_asks_to_recycle(app: Conveyor) -> N
         assert [a["outcome"] for a in record.attempts] == ["failure"]
         thread.join(5)
         assert not thread.is_alive() and consumer.exit_code == 75
+        failure = dict(recorded)["task_failure"]
+        assert failure["task_id"] == r.id and type(failure["exception"]).__name__ == (
+            "TimeLimitExceeded")
     finally:
         release.set()
         consumer.stop()
