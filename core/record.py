@@ -54,6 +54,9 @@ class TaskRecord:
     parent: str | None = None
     group: str | None = None
     dead_letter_reason: str | None = None
+    #: Ids of what this task started on success: its chain's next step (a group's id for
+    #: a group or chord), its callbacks. Read by ``AsyncResult.children`` and the CLI.
+    children: list[str] = field(default_factory=list)
 
     def to_stored(self) -> StoredRecord:
         """Encode for a backend driver."""

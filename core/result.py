@@ -28,6 +28,14 @@ else:
 _UNKNOWN: Any = object()
 
 
+def _adopt(parent: Any, child: Any) -> None:
+    """Record ``child`` among ``parent``'s children (without reading any backend)."""
+    if parent is None:
+        return
+    known = getattr(parent, "_children", None)
+    (known if isinstance(known, list) else parent.children).append(child)
+
+
 class AsyncResult(Generic[T]):
     """The state and result of one task, read from the result backend.
 
@@ -35,18 +43,28 @@ class AsyncResult(Generic[T]):
     record is cached since it can no longer change.
     """
 
-    __slots__ = ("_final", "_parent", "app", "children", "id")
+    __slots__ = ("_children", "_final", "_parent", "app", "id")
 
     def __init__(self, task_id: str, *, app: Conveyor, parent: Any = None) -> None:
         self.id = task_id
         self.app = app
         self._parent: Any = parent if parent is not None else _UNKNOWN
-        #: Results started by this one (the next chain step, a chord's body), on handles
-        #: returned by sending a workflow (records keep parents, not children).
-        self.children: list[Any] = []
-        if parent is not None:
-            parent.children.append(self)
+        self._children: list[Any] = []
+        _adopt(parent, self)
         self._final: TaskRecord | None = None
+
+    @property
+    def children(self) -> list[Any]:
+        """Results started by this one (the next chain step, a chord header, callbacks):
+        known on handles from sending a workflow, else read from the finished record."""
+        if not self._children:
+            record = self._record()
+            if record is not None and record.children:
+                from conveyor.canvas.engine import header_result
+
+                self._children.extend(header_result(self.app, c) or AsyncResult(c, app=self.app)
+                                      for c in record.children)
+        return self._children
 
     @property
     def parent(self) -> Any:
@@ -331,8 +349,7 @@ class GroupResult(ResultSet):
         self.id = id
         self.parent = parent
         self.children: list[Any] = []
-        if parent is not None and hasattr(parent, "children"):
-            parent.children.append(self)
+        _adopt(parent, self)
 
     def __repr__(self) -> str:
         return f"<GroupResult {self.id} [{len(self.results)} tasks]>"
@@ -395,8 +412,7 @@ class EagerResult:
         self.parent = parent
         self.children: list[Any] = []
         self.app = None
-        if parent is not None and hasattr(parent, "children"):
-            parent.children.append(self)
+        _adopt(parent, self)
 
     def __repr__(self) -> str:
         return f"<EagerResult {self.id}: {self._state}>"

@@ -130,6 +130,26 @@ def replaced(app: Conveyor, msg: Message, sig: Any, reliably: Reliably, *,
     return launcher.finish(reliably)
 
 
+def children_of(msg: Message) -> list[str]:
+    """Ids of what finishing ``msg`` successfully starts: the next step's handle (a task's
+    id, a group's or chord header's group id) and each callback's."""
+    from conveyor.canvas.engine import children, derived_id, kind
+
+    out = []
+    if msg.callbacks:
+        node = dict(msg.callbacks[0])
+        while kind(node) == "chain" and children(node):
+            node = children(node)[0]
+        if kind(node) == "chord":
+            node = children(node)[0]
+        key = "group_id" if kind(node) == "group" else "task_id"
+        out.append(str((node.get("options") or {}).get(key)))
+    for link in _canvas(msg).get("link") or ():
+        if kind(link) is None:
+            out.append(derived_id(str(link["options"].get("task_id") or ""), msg.id))
+    return out
+
+
 def error_of(exc: BaseException) -> tuple[str, str]:
     """``(type, message)`` of an exception as records keep them."""
     info = describe(exc)

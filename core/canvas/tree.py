@@ -49,7 +49,15 @@ def workflow(app: Conveyor, task_id: str) -> dict[str, Any]:
             chord = _chord(app, gid)
             if chord is not None:
                 break
-    return {"parents": parents, "chord": chord}
+    kids = []
+    for child in (record.children if record else [])[:MAX_PARENTS]:
+        found = app.record(child)
+        header = _chord(app, child) if found is None and backend.capabilities.coordination \
+            else None
+        kids.append({"id": child, "task": found.task if found else (
+            "chord header" if header else None), "state": found.state if found else (
+            f"{header['done']} of {header['size']} done" if header else "PENDING")})
+    return {"parents": parents, "chord": chord, "children": kids}
 
 
 def _chord(app: Conveyor, gid: str) -> dict[str, Any] | None:
@@ -76,6 +84,8 @@ def render(tree: dict[str, Any]) -> list[str]:
     lines = []
     for depth, p in enumerate(tree["parents"], start=1):
         lines.append(f"{'  ' * (depth - 1)}parent: {p['id']} {p['task'] or '?'} {p['state']}")
+    for c in tree.get("children") or ():
+        lines.append(f"child: {c['id']} {c['task'] or '?'} {c['state']}")
     chord = tree.get("chord")
     if chord:
         lines.append(f"chord {chord['id']}: {chord['done']} of {chord['size']} header tasks "

@@ -293,6 +293,13 @@ def test_handle_rebuilt_from_an_id_finds_its_parents(app: Conveyor, t: Any,
     assert header.get(timeout=10) == [3, 4]
     assert header.parent.id == sent.parent.parent.id
     assert app.AsyncResult(header.parent.id).parent is None
+    first = app.AsyncResult(sent.parent.parent.id)
+    (child,) = first.children  # read from its record: the chord's header
+    assert isinstance(child, GroupResult) and child.id == header.id
+    from conveyor.canvas.tree import render, workflow
+
+    assert any(line.startswith(f"child: {header.id} chord header 2 of 2 done")
+               for line in render(workflow(app, first.id)))
 
 
 def test_collect_walks_the_workflow(app: Conveyor, t: Any, worker: Consumer) -> None:
