@@ -314,7 +314,8 @@ class Reader:
             "backend": self.app.backend.url.masked, "broker": self.app.broker.url.masked}
 
     def history(self) -> dict[str, Any]:
-        """Per-minute series of the last hour: tasks done and failed, and queue depth."""
+        """The last hour: tasks done and failed per minute (``series``), and queue depth
+        (ready + delayed) per sample, at most about 300 of them (``depth``)."""
         with self._lock:
             samples = list(self.samples)
         minutes: dict[int, list[Sample]] = {}
@@ -332,7 +333,16 @@ class Reader:
                 "failed": max(last.failed - first.failed, 0),
                 "depth": {name: q["ready"] + q["delayed"] for name, q in last.queues.items()}})
             previous = last
-        return {"series": series, "runtime": self.runtime_percentiles()}
+        step = max(1, len(samples) // 300)
+        depth = [{"at": x.at, "depth": {name: q["ready"] + q["delayed"]
+                                        for name, q in x.queues.items()}}
+                 for x in samples[::step]]
+        if samples and depth[-1]["at"] != samples[-1].at:
+            depth.append({"at": samples[-1].at, "depth": {
+                name: q["ready"] + q["delayed"] for name, q in samples[-1].queues.items()}})
+        return {"series": series, "depth": depth,
+                "start": samples[0].at if samples else time.time(), "end": time.time(),
+                "runtime": self.runtime_percentiles()}
 
     def runtime_percentiles(self) -> dict[str, float | None]:
         """p50/p90/p99 run time (seconds) of the last 200 successful tasks."""

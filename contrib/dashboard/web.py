@@ -46,7 +46,8 @@ from conveyor.exceptions import ConveyorError
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
 
-_HERE = Path(__file__).parent
+# Resolved: an editable install links the files, and StaticFiles serves no symlinks.
+_HERE = Path(__file__).resolve().parent
 _PAGE_SIZES = (20, 50, 100, 200)
 
 

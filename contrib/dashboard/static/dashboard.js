@@ -29,39 +29,55 @@ function applyFlow(flow) {
   setText("[data-updated]", new Date(flow.at * 1000).toISOString().replace(".000", ""));
 }
 
-function line(points, w, h, max, color) {
-  if (!points.length) return "";
-  var step = points.length > 1 ? w / (points.length - 1) : 0;
-  var d = points.map(function (v, i) {
-    return (i * step).toFixed(1) + "," + (h - (max ? v / max : 0) * (h - 8) - 4).toFixed(1);
-  }).join(" ");
-  return '<polyline fill="none" stroke="' + color + '" stroke-width="2" points="' + d + '"/>';
+var COLORS = ["#2b6cb0", "#c23b3b", "#1f8a4c", "#b7791f", "#6b46c1", "#555"];
+var W = 600, H = 160, PAD = 6;
+
+function y(v, max) { return (H - PAD - (max ? v / max : 0) * (H - 2 * PAD)).toFixed(1); }
+
+function axis(start, end) {
+  // A baseline and one tick per 10 minutes (or per minute on short spans).
+  var span = Math.max(end - start, 60), tick = span > 1200 ? 600 : 60, out = "";
+  out += '<line x1="0" y1="' + (H - PAD) + '" x2="' + W + '" y2="' + (H - PAD) + '" stroke="#d9dde6"/>';
+  for (var t = Math.ceil(start / tick) * tick; t <= end; t += tick) {
+    var x = ((t - start) / span * W).toFixed(1);
+    out += '<line x1="' + x + '" y1="' + PAD + '" x2="' + x + '" y2="' + (H - PAD) + '" stroke="#eef0f4"/>';
+  }
+  return out;
 }
 
-var COLORS = ["#2b6cb0", "#c23b3b", "#1f8a4c", "#b7791f", "#6b46c1", "#555"];
-
 function drawCharts(history) {
+  var start = history.start, end = history.end, span = Math.max(end - start, 60);
   var series = history.series || [];
-  var w = 600, h = 160;
   var done = document.getElementById("chart-done");
   if (done) {
-    var a = series.map(function (s) { return s.processed; });
-    var b = series.map(function (s) { return s.failed; });
-    var max = Math.max.apply(null, [1].concat(a, b));
-    done.innerHTML = line(a, w, h, max, COLORS[2]) + line(b, w, h, max, COLORS[1]);
+    var max = 1;
+    series.forEach(function (s) { max = Math.max(max, s.processed, s.failed); });
+    var width = Math.max(W * 60 / span / 2 - 2, 2);
+    var bars = series.map(function (s) {
+      var x = (s.minute + 30 - start) / span * W;
+      x = Math.min(Math.max(x, width), W - width);
+      return '<rect x="' + (x - width).toFixed(1) + '" y="' + y(s.processed, max) + '" width="' + width.toFixed(1) +
+        '" height="' + (H - PAD - y(s.processed, max)).toFixed(1) + '" fill="' + COLORS[2] + '"/>' +
+        '<rect x="' + x.toFixed(1) + '" y="' + y(s.failed, max) + '" width="' + width.toFixed(1) +
+        '" height="' + (H - PAD - y(s.failed, max)).toFixed(1) + '" fill="' + COLORS[1] + '"/>';
+    }).join("");
+    done.innerHTML = axis(start, end) + bars;
     setText("[data-chart-max=done]", max + "/min");
   }
   var depth = document.getElementById("chart-depth");
+  var points = history.depth || [];
   if (depth) {
-    var names = {};
-    series.forEach(function (s) { Object.keys(s.depth).forEach(function (n) { names[n] = 1; }); });
+    var names = {}, m = 1;
+    points.forEach(function (p) { Object.keys(p.depth).forEach(function (n) { names[n] = 1; m = Math.max(m, p.depth[n]); }); });
     var keys = Object.keys(names).sort();
-    var all = [1];
-    series.forEach(function (s) { keys.forEach(function (n) { all.push(s.depth[n] || 0); }); });
-    var m = Math.max.apply(null, all);
-    depth.innerHTML = keys.map(function (n, i) {
-      return line(series.map(function (s) { return s.depth[n] || 0; }), w, h, m, COLORS[i % COLORS.length]);
+    var lines = keys.map(function (n, i) {
+      var d = points.map(function (p) {
+        return ((p.at - start) / span * W).toFixed(1) + "," + y(p.depth[n] || 0, m);
+      }).join(" ");
+      if (points.length === 1) d += " " + W + "," + y(points[0].depth[n] || 0, m);
+      return '<polyline fill="none" stroke="' + COLORS[i % COLORS.length] + '" stroke-width="2" points="' + d + '"/>';
     }).join("");
+    depth.innerHTML = axis(start, end) + lines;
     var legend = document.getElementById("legend-depth");
     if (legend) {
       legend.textContent = "";
@@ -74,10 +90,15 @@ function drawCharts(history) {
     }
     setText("[data-chart-max=depth]", m);
   }
+  setText("[data-chart-span]", Math.round(span / 60) + " min");
   var rt = history.runtime || {};
-  setText("[data-runtime=p50]", rt.p50 === null || rt.p50 === undefined ? "-" : (rt.p50 * 1000).toFixed(1) + " ms");
-  setText("[data-runtime=p90]", rt.p90 === null || rt.p90 === undefined ? "-" : (rt.p90 * 1000).toFixed(1) + " ms");
-  setText("[data-runtime=p99]", rt.p99 === null || rt.p99 === undefined ? "-" : (rt.p99 * 1000).toFixed(1) + " ms");
+  ["p50", "p90", "p99"].forEach(function (k) {
+    setText("[data-runtime=" + k + "]", rt[k] === null || rt[k] === undefined ? "-" : (rt[k] * 1000).toFixed(1) + " ms");
+  });
+}
+
+function refreshHistory() {
+  fetch("/api/history", {credentials: "same-origin"}).then(function (r) { return r.json(); }).then(drawCharts);
 }
 
 document.addEventListener("DOMContentLoaded", function () {
@@ -107,8 +128,6 @@ document.addEventListener("DOMContentLoaded", function () {
       var source = new EventSource("/api/events");
       source.addEventListener("flow", function (ev) { applyFlow(JSON.parse(ev.data)); });
     }
-    setInterval(function () {
-      fetch("/api/history", {credentials: "same-origin"}).then(function (r) { return r.json(); }).then(drawCharts);
-    }, 10000);
+    setInterval(refreshHistory, 5000);
   }
 });
