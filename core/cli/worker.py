@@ -36,10 +36,29 @@ def worker(state: dict[str, Any], app_path: str | None, queues: str | None,
     handler.setFormatter(VisibleFormatter(
         "[%(asctime)s %(levelname)s %(processName)s] %(message)s"))
     logging.basicConfig(level=loglevel.upper(), handlers=[handler])
+    # Handle SIGTERM from the start: importing the app and building drivers can take seconds
+    # (a restarted child of the processes pool), and a stop asked for meanwhile must end the
+    # worker cleanly (exit 0) instead of killing it.
+    signals: dict[str, Any] = {"count": 0, "consumer": None}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        signals["count"] += 1
+        if signals["count"] > 1:
+            logging.getLogger("conveyor.worker").warning("second signal: exiting now")
+            os._exit(1)
+        logging.getLogger("conveyor.worker").info(
+            "signal %d: finishing running tasks (send again to exit at once)", signum)
+        if signals["consumer"] is not None:
+            signals["consumer"].stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     app = app_from(state, app_path)
     pool = pool or app.conf.worker_pool
     names = split_queues(queues, app)
     _load_drivers(app)
+    if signals["count"]:
+        sys.exit(0)
     if pool == "processes":
         from conveyor.worker.supervisor import Supervisor
 
@@ -61,19 +80,9 @@ def worker(state: dict[str, Any], app_path: str | None, queues: str | None,
 
     consumer = Consumer(app, queues=names, concurrency=concurrency,
                         prefetch_multiplier=prefetch_multiplier, hostname=hostname)
-    signals = {"count": 0}
-
-    def on_signal(signum: int, _frame: object) -> None:
-        signals["count"] += 1
-        if signals["count"] > 1:
-            logging.getLogger("conveyor.worker").warning("second signal: exiting now")
-            os._exit(1)
-        logging.getLogger("conveyor.worker").info(
-            "signal %d: finishing running tasks (send again to exit at once)", signum)
+    signals["consumer"] = consumer
+    if signals["count"]:
         consumer.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     started = time.monotonic()
     code = consumer.run()
     logging.getLogger("conveyor.worker").info("%s", drain_summary(
