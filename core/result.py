@@ -272,6 +272,12 @@ class ResultSet:
     def __getitem__(self, index: int) -> Any:
         return self.results[index]
 
+    def revoke(self, *, terminate: bool = False, signal: str | None = None) -> None:
+        """Revoke every task of the set durably (see ``app.control.revoke``)."""
+        if self.app is not None:
+            self.app.control.revoke([r.id for r in self.results], terminate=terminate,
+                                    signal=signal)
+
     def add(self, result: Any) -> None:
         """Add a result to the set."""
         if result not in self.results:

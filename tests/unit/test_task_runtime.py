@@ -294,6 +294,16 @@ def test_expired_task_sends_task_revoked_with_expired(app: Conveyor, worker: Con
     assert revoked["expired"] is True and revoked["request"].id == r.id
 
 
+def test_group_result_revoke_revokes_every_member(app: Conveyor) -> None:
+    @app.task
+    def item(n: int) -> int:
+        return n
+
+    group = item.map([(1,), (2,)])
+    group.revoke()
+    assert [r.state for r in group] == ["REVOKED", "REVOKED"]
+
+
 def test_revoking_a_finished_task_keeps_its_outcome(app: Conveyor, worker: Consumer) -> None:
     @app.task
     def one() -> int:
