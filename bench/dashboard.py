@@ -1,0 +1,182 @@
+"""The dashboard's task list over a large history: how long pages take to render.
+
+    python bench/dashboard.py [--n 1000000] [--only redis|postgres] [--repeat 7]
+                              [--redis-url URL] [--postgres-url URL] [--json PATH]
+
+Fills the result backend with ``--n`` records (90 % SUCCESS, 5 % FAILURE, 3 % PENDING, 1 %
+RETRY, 1 % STARTED; 20 task names, 4 queues, 8 workers; written with ``store_many`` as
+workers would, so every index is maintained as in production), then times, ``--repeat``
+times each, the dashboard's ``/tasks`` page rendered through the ASGI app (query, decoding,
+HTML) for: the first page, a state filter, a task-name filter, state + queue, an id prefix,
+and the 20th page reached by cursors. Reports medians and the slowest run in milliseconds.
+
+Without URLs it starts throwaway servers (as bench/run.py does). Given URLs are written
+to under their own key prefix / table prefix (``benchdash``) and cleaned up afterwards.
+A benchmark, not a test: the figures depend on the machine; label them with its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path[:0] = [str(BENCH), str(ROOT)]
+
+from run import postgres_server, redis_server  # noqa: E402
+
+STATES = [("SUCCESS", 90), ("FAILURE", 5), ("PENDING", 3), ("RETRY", 1), ("STARTED", 1)]
+NAMES = [f"shop.tasks.task_{i:02d}" for i in range(20)]
+QUEUES = ["default", "high", "low", "emails"]
+WORKERS = [f"worker{i}@host{i % 3}" for i in range(8)]
+CHUNK = 500
+
+
+def records(n: int, seed: int = 7) -> Any:
+    """``n`` realistic StoredRecords, in chunks of ``CHUNK``."""
+    from conveyor.record import Attempt, TaskRecord
+
+    rng = random.Random(seed)
+    population = [s for s, weight in STATES for _ in range(weight)]
+    now = time.time()
+    for start in range(0, n, CHUNK):
+        chunk = []
+        for _ in range(min(CHUNK, n - start)):
+            state = rng.choice(population)
+            worker = rng.choice(WORKERS)
+            began = now - rng.random() * 3600
+            attempts = [] if state == "PENDING" else [Attempt(
+                1, worker, began, began + rng.random() / 10,
+                {"SUCCESS": "success", "FAILURE": "failure", "RETRY": "retry"}.get(state),
+                "ValueError" if state in ("FAILURE", "RETRY") else None,
+                "boom" if state in ("FAILURE", "RETRY") else None).to_dict()]
+            chunk.append(TaskRecord(
+                str(uuid.UUID(int=rng.getrandbits(128), version=4)), state,
+                task=rng.choice(NAMES), queue=rng.choice(QUEUES),
+                worker=None if state == "PENDING" else worker,
+                result=rng.randint(0, 10**6) if state == "SUCCESS" else None,
+                attempts=attempts, updated_at=began,
+                date_done=began if state in ("SUCCESS", "FAILURE") else None).to_stored())
+        yield chunk
+
+
+def fill(backend: Any, n: int) -> float:
+    """Write ``n`` records with four writer threads; return the seconds it took."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(4) as pool:
+        for done, _ in enumerate(pool.map(lambda c: backend.store_many(c, ttl=86400.0),
+                                          records(n))):
+            if done % 200 == 0:
+                print(f"  {done * CHUNK:,} / {n:,} records", file=sys.stderr, flush=True)
+    return time.perf_counter() - started
+
+
+def measure(url: str, n: int, repeat: int, options: dict[str, Any]) -> dict[str, Any]:
+    from starlette.testclient import TestClient
+
+    from conveyor import Conveyor
+    from conveyor.contrib.dashboard import Dashboard
+    from conveyor.registry import backend_from_url
+
+    app = Conveyor("benchdash", broker=f"memory://benchdash-{uuid.uuid4().hex}", backend=url)
+    # The driver built with its own key/table prefix (options the URL does not carry).
+    backend = app._backend = backend_from_url(url, **options)
+    seconds = fill(backend, n)
+    print(f"  filled {n:,} records in {seconds:.0f} s ({n / seconds:,.0f}/s)", file=sys.stderr)
+    client = TestClient(Dashboard(app, sample=False).asgi())
+    some = client.get("/api/tasks", params={"limit": 1}).json()["tasks"][0]["id"]
+
+    def twentieth() -> str:
+        cursor = None
+        for _ in range(19):
+            cursor = client.get("/api/tasks", params={
+                "limit": 50, **({"cursor": cursor} if cursor else {})}).json()["cursor"]
+        return f"/tasks?limit=50&cursor={cursor}"
+
+    cases = {
+        "first page (50)": "/tasks",
+        "state=FAILURE": "/tasks?state=FAILURE",
+        "task name": f"/tasks?name={NAMES[7]}",
+        "state=RETRY + queue": "/tasks?state=RETRY&queue=emails",
+        "id prefix (8 chars)": f"/tasks?id={some[:8]}&limit=50&cursor=",
+        "20th page by cursor": twentieth(),
+    }
+    results: dict[str, Any] = {"fill_seconds": seconds, "n": n}
+    for label, path in cases.items():
+        client.get(path)  # warm
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            reply = client.get(path)
+            times.append((time.perf_counter() - t) * 1000)
+            assert reply.status_code == 200, (path, reply.status_code, reply.text[:200])
+        rows = reply.text.count("<tr data-task-id=")
+        results[label] = {"median_ms": round(statistics.median(times), 1),
+                          "max_ms": round(max(times), 1), "rows": rows}
+        print(f"  {label:<22} median {statistics.median(times):7.1f} ms, "
+              f"max {max(times):7.1f} ms, {rows} rows", file=sys.stderr)
+    app.close()
+    return results
+
+
+def clean_redis(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter("benchdash:*", count=10_000):
+        client.unlink(key)
+    client.close()
+
+
+def clean_postgres(url: str) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for table in ("results", "joins", "entries", "schema", "messages", "dead"):
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS benchdash_{table}"))
+    engine.dispose()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--only", choices=["redis", "postgres"])
+    parser.add_argument("--redis-url")
+    parser.add_argument("--postgres-url")
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    out: dict[str, Any] = {"n": args.n, "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    if args.only in (None, "redis"):
+        with redis_server(args.redis_url) as url:
+            print(f"redis ({url.split('@')[-1]})", file=sys.stderr)
+            try:
+                out["redis"] = measure(url, args.n, args.repeat, {"prefix": "benchdash:"})
+            finally:
+                clean_redis(url)
+    if args.only in (None, "postgres"):
+        with postgres_server(args.postgres_url) as url:
+            print("postgres", file=sys.stderr)
+            try:
+                out["postgres"] = measure(url, args.n, args.repeat,
+                                          {"table_prefix": "benchdash_"})
+            finally:
+                clean_postgres(url)
+    print(json.dumps(out, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
