@@ -321,8 +321,9 @@ class MongoBroker(Broker):
         Two writes, in this order: a crash between them, or a lease lost meanwhile, leaves
         the message queued as well (a duplicate, never a loss)."""
         with self._errors:
+            # _id repeated in the replacement: nx-27017 would otherwise invent one.
             self._dead.replace_one({"_id": reservation.message_id}, {
-                "queue": reservation.queue, "body": reservation.body, "reason": str(reason),
+                "_id": reservation.message_id, "queue": reservation.queue, "body": reservation.body, "reason": str(reason),
                 "dead_at": self._db.now()}, upsert=True)
             self._messages.delete_one(self._held(reservation))
 
