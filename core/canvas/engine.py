@@ -115,6 +115,9 @@ def freeze(sig: Signature, _id: str | None = None) -> None:
     stack: list[tuple[Signature, str | None]] = [(sig, _id)]
     while stack:
         s, want = stack.pop()
+        if isinstance(s, chain | chord) and want is None:
+            # chain(...).apply_async(task_id=...) names its result, as in Celery.
+            want = s.options.pop("task_id", None)
         for name in LINK_OPTIONS:
             stack.extend((link, None) for link in s.options.get(name) or ()
                          if isinstance(link, Signature))

@@ -117,6 +117,14 @@ def test_freeze_assigns_ids_before_sending(app: Conveyor, t: Any, worker: Consum
     assert result.get(timeout=10) == 3
 
 
+def test_task_id_given_to_a_workflow_names_its_result(app: Conveyor, t: Any,
+                                                      worker: Consumer) -> None:
+    result = chain(t.add.s(1, 1), t.add.s(1)).apply_async(task_id="my-chain-result")
+    assert result.id == "my-chain-result" and result.get(timeout=10) == 3
+    result = chord([t.add.s(1, 1)], t.total.s()).apply_async(task_id="my-chord-result")
+    assert result.id == "my-chord-result" and result.get(timeout=10) == 2
+
+
 def test_unknown_sending_option_is_refused(app: Conveyor, t: Any) -> None:
     with pytest.raises(TaskOptionError, match="unknown sending option"):
         t.add.s(1, 2).set(nonsense=1).delay()
