@@ -21,7 +21,9 @@ from conveyor.cli.output import visible
 @queues_option()
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), default=None,
               help="Threads (threads pool) or processes (processes pool).")
-@click.option("--pool", type=click.Choice(["threads", "processes"]), default=None)
+@click.option("-P", "--pool", type=click.Choice(["threads", "processes", "prefork", "solo"]),
+              default=None, help="threads or processes (Celery's prefork means processes; "
+                                 "solo, one thread).")
 @click.option("--threads", "threads_per_process", type=click.IntRange(min=1), default=1,
               show_default=True, help="Threads in each process of the processes pool.")
 @click.option("--prefetch-multiplier", type=click.IntRange(min=1), default=None)
@@ -55,6 +57,10 @@ def worker(state: dict[str, Any], app_path: str | None, queues: str | None,
     signal.signal(signal.SIGINT, on_signal)
     app = app_from(state, app_path)
     pool = pool or app.conf.worker_pool
+    if pool == "solo":       # Celery's names, for commands ported as they are
+        pool, concurrency = "threads", 1
+    elif pool == "prefork":
+        pool = "processes"
     names = split_queues(queues, app)
     _load_drivers(app)
     if signals["count"]:

@@ -302,8 +302,8 @@ def test_worker_logs_a_drain_summary_and_hostile_task_names_escaped(tmp_path: Pa
             time.sleep(0.1)
     """)
     worker = subprocess.Popen([sys.executable, "-m", "conveyor", "worker", "-A", "wapp",
-                               "-c", "1"], cwd=tmp_path, env=env, stderr=subprocess.PIPE,
-                              text=True)
+                               "-P", "solo", "-c", "4"], cwd=tmp_path, env=env,
+                              stderr=subprocess.PIPE, text=True)
     try:
         sent = subprocess.run(check=False, args=[sys.executable, "-c", send], cwd=tmp_path,
                               env=env, capture_output=True, text=True, timeout=120)
@@ -315,6 +315,7 @@ def test_worker_logs_a_drain_summary_and_hostile_task_names_escaped(tmp_path: Pa
                         r"in [\d.]+ s, [\d.]+/s", logs)
     assert summary is not None, logs
     assert int(summary.group(1)) >= 6
+    assert "concurrency=1" in logs          # Celery's -P solo: one thread
     assert output.visible(TEXTS[3]) in logs
     assert not RAW_CONTROLS.search(logs), logs
 
