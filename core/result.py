@@ -403,25 +403,30 @@ class GroupResult(ResultSet):
         return build(group_id, list(data["results"]))
 
 
-class EagerResult:
+class EagerResult(AsyncResult[Any]):
     """The outcome of a task run in this process (``task.apply()``, ``task_always_eager``):
-    the interface of :class:`AsyncResult`, nothing read from a backend."""
+    an :class:`AsyncResult` whose record is kept here, nothing read from a backend."""
 
     def __init__(self, task_id: str, value: Any, state: str, *, traceback: str | None = None,
                  name: str | None = None, parent: Any = None, retries: int = 0) -> None:
+        # Not AsyncResult.__init__: there is no app (and no backend) behind it.
         self.id = task_id
+        self.app = None  # type: ignore[assignment]
+        self._parent = parent
+        self._children = []
+        self._final = None
         self._value = value
         self._state = str(state)
         self._traceback = traceback
-        self.name = name
-        self.retries = retries
-        self.parent = parent
-        self.children: list[Any] = []
-        self.app = None
+        self._eager_record = TaskRecord(task_id, str(state), task=name, retries=retries,
+                                        date_done=time.time(), traceback=traceback)
         _adopt(parent, self)
 
     def __repr__(self) -> str:
         return f"<EagerResult {self.id}: {self._state}>"
+
+    def _record(self) -> TaskRecord | None:
+        return self._eager_record
 
     @property
     def task_id(self) -> str:
@@ -474,10 +479,6 @@ class EagerResult:
 
     def forget(self) -> None:
         """Nothing to forget: no backend holds it."""
-
-    def collect(self, *, timeout: float | None = None) -> Any:
-        """Yield ``(result, value)`` for this result and its children."""
-        yield from _collect(self, timeout)
 
 
 #: Prefix of saved groups in the backend's entry area.

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from conveyor import Conveyor, chain, chord, group, signature
+from conveyor import AsyncResult, Conveyor, chain, chord, group, signature
 from conveyor.canvas import Signature
 from conveyor.exceptions import ChordError, TaskOptionError
 from conveyor.result import GroupResult
@@ -377,7 +377,9 @@ def test_workflow_tree_shows_parents_and_chord_progress(app: Conveyor, t: Any,
 
 # -- eager --------------------------------------------------------------------------------------
 def test_apply_runs_here_and_returns_an_eager_result(t: Any) -> None:
-    assert t.add.apply((1, 2)).get() == 3
+    ran = t.add.apply((1, 2))
+    assert ran.get() == 3 and ran.successful() and ran.state == "SUCCESS"
+    assert isinstance(ran, AsyncResult) and ran.name == t.add.name and ran.retries == 0
     failed = t.fail.apply()
     assert failed.failed() and isinstance(failed.result, BoomError)
     with pytest.raises(BoomError):
