@@ -32,9 +32,10 @@ _LAUNCH = """
 import signal, sys
 from secantus.server import SecantusDBServer
 host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-sync, auth = sys.argv[4] == "1", sys.argv[5] == "1"
+sync, auth, standalone = (flag == "1" for flag in sys.argv[4:7])
 server = SecantusDBServer(host=host, port=port, storage_path=path, ttl_sweep_seconds=1,
-                          sync_on_commit=sync, require_auth=auth)
+                          sync_on_commit=sync, require_auth=auth,
+                          replica_set_name=None if standalone else "secantus")
 def stop(signum, frame):
     server.stop()
     sys.exit(0)
@@ -59,9 +60,13 @@ class MongoServer:
     created since its last checkpoint, when killed.
     """
 
-    def __init__(self, *, port: int | None = None, durable: bool = False) -> None:
+    def __init__(self, *, port: int | None = None, durable: bool = False,
+                 standalone: bool = False) -> None:
         self.port = port or free_port()
         self.durable = durable
+        #: Answer as a standalone server (no replica set, so no change streams), as a
+        #: single mongod without ``--replSet`` does.
+        self.standalone = standalone
         #: Require SCRAM authentication from the next start (provision users before).
         self.require_auth = False
         self.dir = Path(tempfile.mkdtemp(prefix="conveyor-mongo-"))
@@ -82,7 +87,8 @@ class MongoServer:
         storage = str(self.dir / "data") if self.durable else ":memory:"
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _LAUNCH, "127.0.0.1", str(self.port), storage,
-             "1" if self.durable else "0", "1" if self.require_auth else "0"],
+             *("1" if flag else "0" for flag in (self.durable, self.require_auth,
+                                                  self.standalone))],
             stdout=subprocess.DEVNULL, stderr=open(self.dir / "log", "ab"))  # noqa: SIM115
         if not wait_for_port(self.port, timeout=30):
             self.stop()
@@ -115,12 +121,12 @@ class MongoServer:
 
 
 @contextlib.contextmanager
-def mongo_server(*, durable: bool = False) -> Iterator[MongoServer]:
+def mongo_server(*, durable: bool = False, standalone: bool = False) -> Iterator[MongoServer]:
     """A started :class:`MongoServer`, closed on exit; skips (fails in CI) without
     ``secantusdb``."""
     if not available():
         unavailable("MongoDB: pip install 'secantusdb==0.7.0b3' or set " + ENV)
-    server = MongoServer(durable=durable)
+    server = MongoServer(durable=durable, standalone=standalone)
     try:
         try:
             server.start()

@@ -168,3 +168,37 @@ def test_join_counts_a_member_that_looks_like_a_field_path_literally(
     assert backend.join("k", "$members", ttl=60) == 1
     assert backend.join("k", "$$NOW", ttl=60) == 2
     assert backend.join("k", "$members", ttl=60) == 2
+
+
+@pytest.fixture(scope="module")
+def standalone_url() -> Iterator[str]:
+    """A server answering as a standalone mongod does: no replica set, no change streams."""
+    from tests.servers.mongo import mongo_server
+
+    with mongo_server(standalone=True) as server:
+        yield server.url
+
+
+def test_without_change_streams_consumers_poll_and_still_wake_promptly(
+        standalone_url: str) -> None:
+    consumer = MongoBroker(URL(standalone_url))
+    producer = MongoBroker(URL(standalone_url))
+    try:
+        assert consumer.info()["wake"].startswith("polling")
+        queue = f"q-{uuid.uuid4().hex[:8]}"
+        sent: list[float] = []
+
+        def send() -> None:
+            producer.enqueue(queue, b"m")
+            sent.append(time.monotonic())
+
+        timer = threading.Timer(0.5, send)
+        timer.start()
+        got = consumer.reserve([queue], lease=30, wait=10)
+        woke = time.monotonic()
+        timer.join()
+        assert [r.body for r in got] == [b"m"]
+        assert woke - sent[0] < 0.5
+    finally:
+        consumer.close()
+        producer.close()
