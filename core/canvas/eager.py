@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from conveyor.result import EagerResult
 
 
+#: Most retries of one task in an eager run (retries happen at once, with no countdown).
+EAGER_RETRY_CAP = 100
+
+
 def run_eagerly(sig: Signature, app: Conveyor, *, parent: Any = None,
                 root: str | None = None) -> Any:
     """Run ``sig`` (any workflow) here; returns its EagerResult or GroupResult."""
@@ -81,10 +85,11 @@ def _task(sig: Signature, app: Conveyor, given: tuple[Any, ...] | None, parent: 
             value = task.fn(task, *call.args, **call.kwargs) if task.bind else task.fn(
                 *call.args, **call.kwargs)
         except Retry as signal:
+            # Task.retry enforces max_retries itself (raising once they are used up); the
+            # cap only stops a task that retries for ever (max_retries=None) from hanging.
             retries += 1
-            if signal.exc is not None and task.max_retries is not None and (
-                    retries > task.max_retries):
-                outcome = EagerResult(task_id, signal.exc, FAILURE, name=sig.task,
+            if retries > EAGER_RETRY_CAP:
+                outcome = EagerResult(task_id, signal.exc or signal, FAILURE, name=sig.task,
                                       parent=parent, retries=retries)
                 break
             continue
