@@ -92,3 +92,20 @@ def test_the_guide_driver_passes_the_contract_suite(tmp_path: Path) -> None:
     # Only what an in-process driver cannot do, or does not declare, may be skipped.
     skips = [line for line in run.stdout.splitlines() if line.startswith("SKIPPED")]
     assert all("not applicable" in s or "does not declare query" in s for s in skips), skips
+
+
+@pytest.mark.parametrize("module", ["conveyor.brokers.memory", "conveyor.backends.memory"])
+def test_every_contract_test_the_reference_drivers_cite_exists(module: str) -> None:
+    import importlib
+    import inspect
+
+    import conveyor.testing as contract
+
+    source = inspect.getsource(importlib.import_module(module))
+    cited = set(re.findall(r"``(test_\w+)``", source))
+    cited_areas = set(re.findall(r"``((?:Broker|Backend)\w+Contract)``", source))
+    known = {name for area in contract.__all__ if area.endswith("Contract")
+             for name in dir(getattr(contract, area)) if name.startswith("test_")}
+    assert len(cited) >= 10
+    assert cited <= known, f"cited but not in the contract: {sorted(cited - known)}"
+    assert cited_areas <= set(contract.__all__)
