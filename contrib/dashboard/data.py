@@ -30,6 +30,7 @@ SAMPLE_EVERY = 2.0
 HISTORY_SECONDS = 3600.0
 #: Records counted per state for the flow's backend box ("1000+" past it).
 STATE_COUNT_CAP = 1000
+STATE_COUNT_EVERY = 10.0
 #: Control queues are plumbing, not task queues.
 _CONTROL_PREFIX = "conveyor-control-"
 
@@ -60,6 +61,7 @@ class Reader:
         self.redact = redact
         self.samples: deque[Sample] = deque(maxlen=int(HISTORY_SECONDS / SAMPLE_EVERY) + 1)
         self._seen_workers: dict[str, dict[str, Any]] = {}
+        self._state_counts: tuple[float, dict[str, int]] | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -184,7 +186,8 @@ class Reader:
 
     def workflow(self, record: TaskRecord) -> list[dict[str, Any]]:
         """The task's workflow as nodes (id, task, state, role): its parents up the chain, the
-        task itself and the other members of its group (those the backend can find)."""
+        task itself, what it started (``children``: the next step, callbacks) and the other
+        members of its group among the latest 200 records of its task name."""
         nodes: list[dict[str, Any]] = []
         chain: list[TaskRecord] = []
         parent = record.parent
@@ -200,6 +203,17 @@ class Reader:
                           "role": "parent"})
         nodes.append({"id": record.task_id, "task": record.task, "state": record.state,
                       "role": "self"})
+        # What it started: its chain's next step (a group's id for a group), its callbacks.
+        children = [c for c in getattr(record, "children", None) or [] if isinstance(c, str)]
+        found_children = self.app.backend.get_many(children[:50]) if children else {}
+        for child in children[:50]:
+            stored = found_children.get(child)
+            try:
+                kid = TaskRecord.from_stored(stored) if stored is not None else None
+            except Exception:
+                kid = None
+            nodes.append({"id": child, "task": kid.task if kid else None,
+                          "state": kid.state if kid else "UNKNOWN", "role": "child"})
         if record.group and self.can_query:
             # Members of a group share its id; a scan of recent records of the same task
             # name finds the siblings cheaply enough for a page view.
@@ -247,9 +261,21 @@ class Reader:
 
     # -- flow -------------------------------------------------------------------------------
     def state_counts(self) -> dict[str, int]:
-        """Records per state written in the last hour, each capped at ``STATE_COUNT_CAP``."""
+        """Records per state written in the last hour, each capped at ``STATE_COUNT_CAP``;
+        read at most every ``STATE_COUNT_EVERY`` seconds (six queries: cheap where indexed,
+        a listing on S3)."""
         if not self.can_query:
             return {}
+        with self._lock:
+            cached = self._state_counts
+        if cached is not None and time.monotonic() - cached[0] < STATE_COUNT_EVERY:
+            return cached[1]
+        counts = self._count_states()
+        with self._lock:
+            self._state_counts = (time.monotonic(), counts)
+        return counts
+
+    def _count_states(self) -> dict[str, int]:
         since = time.time() - HISTORY_SECONDS
         counts: dict[str, int] = {}
         for state in STATES:

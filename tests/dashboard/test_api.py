@@ -14,7 +14,8 @@ from tests.e2e.conftest import Workers, wait_until
 
 
 @pytest.fixture
-def dash(app: Any) -> Dashboard:
+def dash(app: Any, monkeypatch: pytest.MonkeyPatch) -> Dashboard:
+    monkeypatch.setattr("conveyor.contrib.dashboard.data.STATE_COUNT_EVERY", 0.0)
     return Dashboard(app, sample=False)
 
 
@@ -36,17 +37,18 @@ def test_api_follows_real_workers(app: Any, queue: str, workers: Workers, *,
 
     adds = [e2e_tasks.add.delay(i, i).id for i in range(6)]
     flaky = e2e_tasks.flaky_until.delay(str(tmp_path / "flaky"), 3).id
+    again = e2e_tasks.flaky_until.delay(str(tmp_path / "again"), 3).id
     app.flush_pending()
-    assert client.get("/api/queues").json()[queue]["ready"] == 7
+    assert client.get("/api/queues").json()[queue]["ready"] == 8
     pending = _tasks(client, queue=queue, state="PENDING")
-    assert {t["id"] for t in pending} == {*adds, flaky}
+    assert {t["id"] for t in pending} == {*adds, flaky, again}
     dash.reader.sample()
 
     workers.start("-c", "2")
     wait_until(lambda: len(_tasks(client, queue=queue, state="SUCCESS")) == 6,
                timeout=60, what="six successes listed")
-    wait_until(lambda: client.get("/api/queues").json()[queue]["dead"] == 1,
-               timeout=60, what="the flaky task dead-lettered")
+    wait_until(lambda: client.get("/api/queues").json()[queue]["dead"] == 2,
+               timeout=60, what="the flaky tasks dead-lettered")
     dash.reader.sample()
     flow = client.get("/api/flow").json()
     assert flow["queues"][queue]["ready"] == 0
@@ -55,6 +57,7 @@ def test_api_follows_real_workers(app: Any, queue: str, workers: Workers, *,
     # Filters, id prefix and cursor paging.
     assert {t["id"] for t in _tasks(client, queue=queue, name="e2e_tasks.add")} == set(adds)
     assert [t["id"] for t in _tasks(client, id=flaky[:13], queue=queue)] == [flaky]
+    assert {t["id"] for t in _tasks(client, queue=queue, state="FAILURE")} == {flaky, again}
     seen, cursor = [], None
     while True:
         reply = client.get("/api/tasks", params={"queue": queue, "limit": 2,
@@ -63,7 +66,7 @@ def test_api_follows_real_workers(app: Any, queue: str, workers: Workers, *,
         cursor = reply.json()["cursor"]
         if cursor is None:
             break
-    assert sorted(seen) == sorted([*adds, flaky])
+    assert sorted(seen) == sorted([*adds, flaky, again])
 
     # The task view: attempts of the retries, the dead letter holding its arguments.
     task = client.get(f"/api/tasks/{flaky}").json()
@@ -74,16 +77,16 @@ def test_api_follows_real_workers(app: Any, queue: str, workers: Workers, *,
     assert client.get("/api/tasks/no-such-task").status_code == 404
 
     # The registry entry is rewritten every heartbeat.
-    wait_until(lambda: (client.get("/api/workers").json() or [{}])[0].get("processed", 0) >= 7,
+    wait_until(lambda: (client.get("/api/workers").json() or [{}])[0].get("processed", 0) >= 8,
                timeout=30, what="the worker's processed count in the registry")
     worker = client.get("/api/workers").json()
     assert len(worker) == 1 and worker[0]["alive"]
     assert queue in worker[0]["queues"]
 
-    letters = client.get(f"/api/dead/{queue}").json()
-    assert [d["task_id"] for d in letters] == [flaky]
+    letters = [d for d in client.get(f"/api/dead/{queue}").json() if d["task_id"] == flaky]
+    assert len(letters) == 1 and "max retries" in letters[0]["reason"]
     metrics = client.get("/metrics").text
-    assert f'conveyor_queue_messages{{queue="{queue}",state="dead"}} 1.0' in metrics
+    assert f'conveyor_queue_messages{{queue="{queue}",state="dead"}} 2.0' in metrics
     assert "conveyor_workers_alive 1.0" in metrics
 
     # Actions need the CSRF token; a replay runs the task again (it succeeds the 4th time).
@@ -95,6 +98,13 @@ def test_api_follows_real_workers(app: Any, queue: str, workers: Workers, *,
     wait_until(lambda: client.get(f"/api/tasks/{flaky}").json()["state"] == "SUCCESS",
                timeout=60, what="the replayed task to succeed")
     assert client.get(f"/api/tasks/{flaky}").json()["result"] == 4
+    # Retry: a failed task whose message is in the dead-letter queue runs again.
+    retried = client.post(f"/api/retry/{again}", headers={"X-CSRF-Token": dash.guard.csrf()})
+    assert retried.status_code == 200 and retried.json()["replayed"] == 1
+    wait_until(lambda: client.get(f"/api/tasks/{again}").json()["state"] == "SUCCESS",
+               timeout=60, what="the retried task to succeed")
+    assert client.post(f"/api/retry/{adds[0]}", headers={"X-CSRF-Token": dash.guard.csrf()}
+                       ).status_code == 409  # nothing to re-send
 
     # Revoke a queued task (nothing consumes this queue).
     later = e2e_tasks.add.apply_async((1, 1), queue=queue + "-idle").id
