@@ -103,6 +103,10 @@ def _task(sig: Signature, app: Conveyor, given: tuple[Any, ...] | None, parent: 
                                   name=sig.task, parent=parent)
             break
         except Exception as exc:
+            limit = task.max_retries if task.max_retries is not None else EAGER_RETRY_CAP
+            if task.should_autoretry(exc) and retries < min(limit, EAGER_RETRY_CAP):
+                retries += 1  # autoretry_for, at once
+                continue
             if app.conf.task_eager_propagates:
                 raise
             outcome = EagerResult(task_id, exc, FAILURE, name=sig.task, parent=parent,

@@ -62,6 +62,15 @@ def tasks(app: Conveyor) -> Any:
     def replacer(self: Any, x: int) -> None:
         raise self.replace(chain(add.s(x, 1), mul.s(10)))
 
+    attempts: list[int] = []
+
+    @app.task(autoretry_for=(KeyError,), max_retries=3)
+    def flaky() -> int:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise KeyError("not yet")
+        return len(attempts)
+
     @app.task(bind=True)
     def fan_out(self: Any, x: int) -> None:
         raise self.replace(group(add.s(x, 1), add.s(x, 2)))
@@ -380,6 +389,7 @@ def test_apply_runs_here_and_returns_an_eager_result(t: Any) -> None:
     ran = t.add.apply((1, 2))
     assert ran.get() == 3 and ran.successful() and ran.state == "SUCCESS"
     assert isinstance(ran, AsyncResult) and ran.name == t.add.name and ran.retries == 0
+    assert t.flaky.apply().get() == 3  # autoretry_for runs again at once in eager mode
     failed = t.fail.apply()
     assert failed.failed() and isinstance(failed.result, BoomError)
     with pytest.raises(BoomError):
