@@ -110,3 +110,19 @@ def test_no_url_is_a_usage_error() -> None:
     run = conveyor("conformance", "--json")
     assert run.returncode == 2
     assert "give --broker URL and/or --backend URL" in json.loads(run.stdout)["error"]
+
+
+def test_e2e_runs_real_workers_on_the_urls(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'e2e.db'}"
+    run = conveyor("conformance", "--broker", url, "--backend", url, "--e2e", "--json",
+                   "-k", "delay_and_get or chain_and_group")
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(run.stdout)
+    e2e = {t["test"]: t["outcome"] for t in report["tests"] if t["part"] == "end to end"}
+    assert e2e == {"test_delay_and_get": "passed", "test_chain_and_group": "passed"}
+
+
+def test_e2e_needs_both_urls(tmp_path: Path) -> None:
+    run = conveyor("conformance", "--broker", f"sqlite:///{tmp_path / 'x.db'}", "--e2e")
+    assert run.returncode == 2
+    assert "give both --broker and --backend" in run.stderr
