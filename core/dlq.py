@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.app import Outgoing
 from conveyor.broker import DeadLetter
+from conveyor.canvas import followups as canvas
 from conveyor.exceptions import MessageDecodeError
 from conveyor.message import Message
 from conveyor.record import TaskRecord
@@ -144,6 +145,7 @@ def _resend(app: Conveyor, letter: DeadLetter) -> str | None:
     fresh = replace(msg, retries=0, eta=None, expires=None, history=history)
     # Replace the record this dead letter produced (store() keeps a terminal record).
     app.backend.forget(msg.id)
+    canvas.reopen(app, msg)  # the rest of its chain, failed by it, may run again
     app.backend.store(TaskRecord(msg.id, PENDING, task=msg.task, queue=letter.queue,
                                  attempts=history).to_stored(), ttl=app.conf.result_expires)
     app.enqueue([Outgoing(fresh, letter.queue, 0.0)])

@@ -150,6 +150,23 @@ def children_of(msg: Message) -> list[str]:
     return out
 
 
+def reopen(app: Conveyor, msg: Message) -> int:
+    """Before a dead-lettered workflow task is replayed: forget the FAILURE records its
+    failure wrote for the rest of its chain (only those: no attempt, parent ``msg.id``),
+    so the steps after it run when it succeeds. A chord it belonged to stays failed (its
+    join cannot be undone). Returns how many records were forgotten."""
+    from conveyor.canvas.engine import leaves
+
+    ids = [str(n["options"]["task_id"]) for node in msg.callbacks for n in leaves(dict(node))]
+    forgotten = 0
+    for task_id, stored in app.backend.get_many(ids).items():
+        rec = TaskRecord.from_stored(stored)
+        if rec.state == "FAILURE" and rec.parent == msg.id and not rec.attempts:
+            app.backend.forget(task_id)
+            forgotten += 1
+    return forgotten
+
+
 def error_of(exc: BaseException) -> tuple[str, str]:
     """``(type, message)`` of an exception as records keep them."""
     info = describe(exc)

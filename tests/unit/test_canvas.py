@@ -71,6 +71,14 @@ def tasks(app: Conveyor) -> Any:
             raise KeyError("not yet")
         return len(attempts)
 
+    broken = {"on": True}
+
+    @app.task(dead_letter_failures=True)
+    def until_fixed(x: int) -> int:
+        if broken["on"]:
+            raise BoomError("a bug, fixed later")
+        return x
+
     @app.task(bind=True)
     def fan_out(self: Any, x: int) -> None:
         raise self.replace(group(add.s(x, 1), add.s(x, 2)))
@@ -277,6 +285,19 @@ def test_replace_by_a_group_gives_the_list_under_the_tasks_id(
         app: Conveyor, t: Any, worker: Consumer) -> None:
     assert t.fan_out.delay(1).get(timeout=10) == [2, 3]
     assert chain(t.fan_out.s(1), t.total.s())().get(timeout=10) == 5
+
+
+def test_replaying_a_dead_lettered_chain_step_runs_the_rest_of_the_chain(
+        app: Conveyor, t: Any, worker: Consumer) -> None:
+    from conveyor.dlq import replay
+
+    result = chain(t.until_fixed.s(5), t.add.s(1), t.add.s(1))()
+    with pytest.raises(BoomError):
+        result.get(timeout=10)
+    t.broken["on"] = False
+    letters = app.broker.dead_letters(app.conf.task_default_queue)
+    assert replay(app, letters).replayed == 1
+    assert app.AsyncResult(result.id).get(timeout=10) == 7
 
 
 def test_request_knows_its_place_in_the_workflow(app: Conveyor, t: Any,
