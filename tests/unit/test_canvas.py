@@ -111,6 +111,7 @@ def test_partial_signature_prepends_args_and_merges_kwargs(t: Any) -> None:
     assert sig.clone(kwargs={"b": 3}).kwargs == {"b": 3}
     assert sig.set(countdown=5).options["countdown"] == 5
     assert sig(1) == 3
+    assert sig.replace(args=(5, 5)).args == (5, 5) and sig.args == (2,)
 
 
 def test_signature_json_form_round_trips_nested_workflows(app: Conveyor, t: Any) -> None:
