@@ -92,7 +92,7 @@ def measure(url: str, n: int, repeat: int, options: dict[str, Any]) -> dict[str,
     backend = app._backend = backend_from_url(url, **options)
     seconds = fill(backend, n)
     print(f"  filled {n:,} records in {seconds:.0f} s ({n / seconds:,.0f}/s)", file=sys.stderr)
-    client = TestClient(Dashboard(app, sample=False).asgi())
+    client = TestClient(Dashboard(app, sample=False).asgi(), base_url="http://127.0.0.1")
     some = client.get("/api/tasks", params={"limit": 1}).json()["tasks"][0]["id"]
 
     def twentieth() -> str:

@@ -40,7 +40,7 @@ from starlette.staticfiles import StaticFiles
 
 from conveyor.contrib.dashboard.data import STATES, Reader, Redactor
 from conveyor.contrib.dashboard.metrics import render_metrics
-from conveyor.contrib.dashboard.security import COOKIE, Guard
+from conveyor.contrib.dashboard.security import COOKIE, Guard, is_loopback
 from conveyor.exceptions import ConveyorError
 
 if TYPE_CHECKING:
@@ -360,6 +360,11 @@ class Dashboard:
 
         async def protect(request: Request,
                           call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+            if not guard.enabled and not is_loopback(request.url.hostname or ""):
+                # Without credentials only loopback can reach us; a page on another site
+                # whose name was re-pointed at 127.0.0.1 (DNS rebinding) is refused here.
+                return PlainTextResponse("this dashboard serves localhost only; configure a "
+                                         "token or basic auth to serve other host names", 403)
             public = request.url.path in ("/login",) or request.url.path.startswith("/static/")
             if not public and not guard.allows(request.headers.get("authorization"),
                                                request.cookies.get(COOKIE)):

@@ -12,6 +12,9 @@ from starlette.testclient import TestClient
 from conveyor.contrib.dashboard import Dashboard
 from tests.e2e.conftest import Workers, wait_until
 
+#: Without credentials the dashboard answers loopback host names only.
+LOCAL = "http://127.0.0.1"
+
 
 @pytest.fixture
 def dash(app: Any, monkeypatch: pytest.MonkeyPatch) -> Dashboard:
@@ -21,7 +24,7 @@ def dash(app: Any, monkeypatch: pytest.MonkeyPatch) -> Dashboard:
 
 @pytest.fixture
 def client(dash: Dashboard) -> Iterator[TestClient]:
-    with TestClient(dash.asgi()) as c:
+    with TestClient(dash.asgi(), base_url=LOCAL) as c:
         yield c
 
 

@@ -19,6 +19,9 @@ from conveyor.exceptions import ConfigurationError
 from conveyor.record import Attempt, TaskRecord
 from tests.hostile import IDS, TEXTS
 
+#: Without credentials the dashboard answers loopback host names only.
+LOCAL = "http://127.0.0.1"
+
 HTML = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "\"><svg onload=alert(1)>",
         "</script><script>alert(2)</script>", "{{ 7*7 }}"]
 
@@ -33,7 +36,8 @@ def memory_app() -> Iterator[Conveyor]:
 
 def _client(app: Conveyor, **options: Any) -> TestClient:
     guard = options.pop("guard", None) or Guard()
-    return TestClient(Dashboard(app, guard=guard, sample=False, **options).asgi())
+    return TestClient(Dashboard(app, guard=guard, sample=False, **options).asgi(),
+                      base_url=LOCAL)
 
 
 def test_binding_off_loopback_needs_credentials() -> None:
@@ -53,6 +57,20 @@ def test_the_command_refuses_to_start_without_credentials_off_loopback() -> None
     result = CliRunner().invoke(cli, ["dashboard", "--host", "0.0.0.0"])
     assert result.exit_code != 0
     assert "without authentication" in result.output
+
+
+def test_without_credentials_only_loopback_host_names_are_served(memory_app: Conveyor) -> None:
+    dash = Dashboard(memory_app, sample=False)
+    rebound = TestClient(dash.asgi(), base_url="http://evil.example:5555")
+    assert rebound.get("/api/flow").status_code == 403
+    assert rebound.get("/").status_code == 403
+    for host in ("http://localhost:5555", "http://127.0.0.1:5555", "http://[::1]:5555"):
+        assert TestClient(dash.asgi(), base_url=host).get("/api/flow").status_code == 200
+    token = Guard.from_options(token="t" * 16, basic_auth=None)
+    named = TestClient(Dashboard(memory_app, guard=token, sample=False).asgi(),
+                       base_url="http://dash.example")
+    assert named.get("/api/flow", headers={"Authorization": "Bearer " + "t" * 16}
+                     ).status_code == 200
 
 
 def test_token_and_basic_auth_are_enforced(memory_app: Conveyor) -> None:
@@ -80,7 +98,7 @@ def test_token_and_basic_auth_are_enforced(memory_app: Conveyor) -> None:
 
 def test_actions_need_the_csrf_token_and_the_same_origin(memory_app: Conveyor) -> None:
     dash = Dashboard(memory_app, sample=False)
-    client = TestClient(dash.asgi())
+    client = TestClient(dash.asgi(), base_url=LOCAL)
     task_id = "queued-" + uuid.uuid4().hex
     memory_app.backend.store(TaskRecord(task_id, "PENDING", task="t").to_stored(), ttl=60)
     assert client.post(f"/api/revoke/{task_id}").status_code == 403
@@ -100,7 +118,7 @@ def test_actions_need_the_csrf_token_and_the_same_origin(memory_app: Conveyor) -
 
 def test_read_only_hides_and_refuses_actions(memory_app: Conveyor) -> None:
     dash = Dashboard(memory_app, sample=False, read_only=True)
-    client = TestClient(dash.asgi())
+    client = TestClient(dash.asgi(), base_url=LOCAL)
     task_id = "ro-" + uuid.uuid4().hex
     memory_app.backend.store(TaskRecord(task_id, "PENDING", task="t").to_stored(), ttl=60)
     memory_app.broker.enqueue("default", b"not a conveyor message")
@@ -129,7 +147,7 @@ def test_urls_are_shown_masked(memory_app: Conveyor) -> None:
 
 def test_untrusted_strings_are_never_markup(memory_app: Conveyor) -> None:
     dash = Dashboard(memory_app, sample=False)
-    client = TestClient(dash.asgi())
+    client = TestClient(dash.asgi(), base_url=LOCAL)
     backend = memory_app.backend
     hostile = HTML + TEXTS[:6]
     ids = []
@@ -165,7 +183,7 @@ def test_the_redaction_hook_applies_to_task_views(memory_app: Conveyor) -> None:
         return {**view, "args": "<hidden>", "kwargs": "<hidden>", "result": "<hidden>"}
 
     dash = Dashboard(memory_app, sample=False, redact=hide)
-    client = TestClient(dash.asgi())
+    client = TestClient(dash.asgi(), base_url=LOCAL)
     memory_app.backend.store(TaskRecord("r1", "SUCCESS", task="t",
                                         result={"card": "4111"}).to_stored(), ttl=60)
     view = client.get("/api/tasks/r1").json()
