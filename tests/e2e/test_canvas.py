@@ -6,6 +6,7 @@ canvas logic is the core's; what differs per backend is its join primitive)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -20,7 +21,9 @@ from .conftest import PAIRS, Pair, Workers, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
-CANVAS_PAIRS = ["sqlite", "redis", "postgres", "redis-broker+postgres-backend"]
+#: Other pairs for a one-off check: CONVEYOR_TEST_CANVAS_PAIRS=mysql,redis-broker+s3-backend
+CANVAS_PAIRS = os.environ.get("CONVEYOR_TEST_CANVAS_PAIRS",
+                              "sqlite,redis,postgres,redis-broker+postgres-backend").split(",")
 
 
 @pytest.fixture(params=CANVAS_PAIRS, ids=CANVAS_PAIRS)
