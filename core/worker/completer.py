@@ -70,6 +70,7 @@ class Completer:
         self._acking: list[Completion] = []  # stored: to follow up and ack
         self._stopping = False
         self._busy = False
+        self._acker_busy = False
         self._threads = [
             threading.Thread(target=self._store_loop, name="conveyor-completer", daemon=True),
             threading.Thread(target=self._ack_loop, name="conveyor-acker", daemon=True)]
@@ -82,8 +83,10 @@ class Completer:
 
     @property
     def busy(self) -> bool:
-        """True while a batch is being stored or completions wait to be stored."""
-        return self._busy or bool(self._waiting)
+        """True while either thread has work: then a finished task's record is better sent
+        here, to be stored with others in one round trip (the store thread never waits for
+        the broker, so this holds during a broker outage too)."""
+        return self._busy or self._acker_busy or bool(self._waiting) or bool(self._acking)
 
     def submit(self, completion: Completion) -> None:
         """Queue a completion; blocks while the store queue is full."""
@@ -169,6 +172,7 @@ class Completer:
                 if not self._acking:
                     return
                 batch, self._acking = self._acking[:BATCH], self._acking[BATCH:]
+                self._acker_busy = True
             try:
                 self._ack(batch)
             except Exception:
@@ -176,6 +180,7 @@ class Completer:
                 log.exception("could not ack %d finished tasks; their redeliveries will be "
                               "acked as duplicates", len(batch))
             finally:
+                self._acker_busy = False
                 for c in batch:
                     self._release(c.reservation)
 
