@@ -3,7 +3,8 @@
 ``from conveyor import chain, group, chord, signature`` (or ``from conveyor.canvas import
 ...``). Modules: :mod:`~conveyor.canvas.signature` (the unit and its JSON form),
 :mod:`~conveyor.canvas.workflows` (chain, group, chord), :mod:`~conveyor.canvas.engine`
-(ids, messages, chord joins), :mod:`~conveyor.canvas.followups` (what the worker calls),
+(ids, sending, messages), :mod:`~conveyor.canvas.join` (chord joins, failures passed down),
+:mod:`~conveyor.canvas.followups` (what the worker calls),
 :mod:`~conveyor.canvas.eager` (in-process runs), :mod:`~conveyor.canvas.tree` (a workflow's
 tree for ``conveyor result``).
 """

@@ -19,7 +19,8 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from conveyor.backend import StoredRecord
-from conveyor.canvas.engine import ERRBACK, Follower, Launcher, errback_node, result_id
+from conveyor.canvas.engine import ERRBACK, Launcher, errback_node, result_id
+from conveyor.canvas.join import Follower
 from conveyor.exceptions import describe
 from conveyor.record import TaskRecord
 from conveyor.states import SUCCESS
