@@ -11,11 +11,12 @@ Each has a TTL index on ``expires_at``, so the server deletes expired documents 
 TTL monitor runs only once a minute, so every read also hides documents past their expiry.
 
 The first terminal write wins inside the server: a store is an upsert whose filter matches
-only a writable document (not terminal, or expired; for PENDING only an expired one). When a
-document exists but does not match, the upsert's insert fails on the unique ``_id``: that
-duplicate-key error means "not written". Two writers creating the same id at once also end
-in one duplicate-key error, so the loser tries again against the winner's document, as long
-as that document is one it may replace.
+only a document it may replace (one that is not terminal; for PENDING only an expired one).
+When a document exists but does not match, the upsert's insert fails on the unique ``_id``:
+that duplicate-key error means "not written", unless the terminal document there has
+expired, which a second update conditional on the expiry replaces. Two writers creating the
+same id at once also end in one duplicate-key error; the loser reads what is there and tries
+again unless it is a live terminal record.
 """
 
 from __future__ import annotations
@@ -63,29 +64,29 @@ def _live(now: datetime) -> dict[str, Any]:
     return {"$or": [{"expires_at": None}, {"expires_at": {"$gt": now}}]}
 
 
-def _writable(now: datetime, state: str) -> dict[str, Any]:
-    """The filter of a stored document that a write of ``state`` may replace: any expired
-    one; a live one unless it is terminal, or the write is PENDING."""
-    expired = {"expires_at": {"$lte": now}}
+def _is_live(doc: dict[str, Any], now: datetime) -> bool:
+    expires = doc.get("expires_at")
+    return expires is None or expires > now
+
+
+def _first_try(task_id: str, state: str, now: datetime) -> dict[str, Any]:
+    """The filter of the upsert a write of ``state`` tries first: the stored document, if
+    any, is not terminal (PENDING: has expired). Plain conjunctions only: SecantusDB
+    answers any filter holding an ``$or`` with a collection scan, even beside ``_id``."""
     if state == "PENDING":
-        return expired
-    return {"$or": [{"state": {"$nin": _TERMINAL}}, expired]}
+        return {"_id": task_id, "expires_at": {"$lte": now}}
+    return {"_id": task_id, "state": {"$nin": _TERMINAL}}
 
 
-def _retry_duplicate(write: Callable[[], T], again: Callable[[], bool] = lambda: True,
-                     tries: int = 10) -> T | None:
-    """Run ``write``; on a duplicate-key error (an upsert racing another's insert) run it
-    again while ``again()`` says the document there may still be written. None when it
-    says no, or every try hit one.
-
-    A short random pause spreads racing writers apart."""
+def _retry_duplicate(write: Callable[[], T], tries: int = 10) -> T | None:
+    """Run ``write`` (an upsert); on a duplicate-key error, a race with another writer's
+    insert of the same ``_id``, run it again after a short random pause, now against the
+    winner's document. None when every try hit one."""
     from pymongo.errors import DuplicateKeyError
 
     for attempt in range(tries):
         with contextlib.suppress(DuplicateKeyError):
             return write()
-        if attempt + 1 == tries or not again():
-            return None
         time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
     return None
 
@@ -117,23 +118,37 @@ class MongoResultBackend(ResultBackend):
 
     def store(self, record: StoredRecord, *, ttl: float | None) -> bool:
         """Write ``record`` unless a live terminal record exists (or, for PENDING, any live
-        record); atomic on the server, returns whether it was written."""
+        record); atomic on the server, returns whether it was written.
+
+        An upsert conditional on the stored state; when that meets a terminal document, an
+        update conditional on its having expired. A duplicate key that meets neither is a
+        race with another writer's first write: read what is there and try again unless it
+        is a live terminal record."""
+        from pymongo.errors import DuplicateKeyError
+
         with self._errors:
             results = self._coll("results")
             now = self._now()
-            query = {"_id": record.task_id, **_writable(now, record.state)}
-            blocked = {"_id": record.task_id, "$nor": [_writable(now, record.state)]}
             change = {"$set": {"state": str(record.state), "data": bytes(record.data),
                                "updated_at": _stamp(now), "expires_at": self._expiry(ttl),
                                "name": record.name, "queue": record.queue,
                                "worker": record.worker}}
-            # Try again only while the document there is one this write may replace: a
-            # terminal one stays so (PENDING never replaces a live one at all).
-            done = _retry_duplicate(
-                lambda: results.update_one(query, change, upsert=True),
-                lambda: record.state != "PENDING" and results.find_one(blocked, {"_id": 1})
-                is None)
-        return done is not None
+            first = _first_try(record.task_id, record.state, now)
+            expired = {"_id": record.task_id, "expires_at": {"$lte": now}}
+            for attempt in range(10):
+                try:
+                    results.update_one(first, change, upsert=True)
+                    return True
+                except DuplicateKeyError:
+                    if record.state == "PENDING":
+                        return False  # a live record exists: PENDING never replaces it
+                if results.update_one(expired, change).matched_count:
+                    return True
+                there = results.find_one({"_id": record.task_id}, {"state": 1, "expires_at": 1})
+                if there is not None and there["state"] in READY_STATES and _is_live(there, now):
+                    return False
+                time.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # spread racing writers
+        raise DriverError(f"store of {record.task_id!r} kept racing other writers; try again")
 
     def store_many(self, records: Iterable[StoredRecord], *, ttl: float | None) -> list[bool]:
         """Store records with :meth:`store`'s rules, in one unordered bulk write per 500;
@@ -149,7 +164,7 @@ class MongoResultBackend(ResultBackend):
             part = batch[start:start + _CHUNK]
             with self._errors:
                 now, expires = self._now(), self._expiry(ttl)
-                ops = [UpdateOne({"_id": r.task_id, **_writable(now, r.state)},
+                ops = [UpdateOne(_first_try(r.task_id, r.state, now),
                                  {"$set": {"state": str(r.state), "data": bytes(r.data),
                                            "updated_at": _stamp(now), "expires_at": expires,
                                            "name": r.name, "queue": r.queue,
@@ -163,7 +178,8 @@ class MongoResultBackend(ResultBackend):
                     if any(e.get("code") != _DUPLICATE_KEY for e in errors):
                         raise
                     failed = {int(e["index"]) for e in errors}
-            # An upsert either matched (written), inserted (written) or hit a duplicate key.
+            # An upsert either matched (written), inserted (written) or hit a duplicate key:
+            # a terminal document (maybe expired) or a race, which store() decides.
             written += [i not in failed or (r.state != "PENDING" and self.store(r, ttl=ttl))
                         for i, r in enumerate(part)]
         return written
@@ -177,11 +193,15 @@ class MongoResultBackend(ResultBackend):
         ids = list(dict.fromkeys(task_ids))
         found: dict[str, StoredRecord] = {}
         with self._errors:
-            results, live = self._coll("results"), _live(self._now())
+            results, now = self._coll("results"), self._now()
             for start in range(0, len(ids), _CHUNK):
-                for doc in results.find({"_id": {"$in": ids[start:start + _CHUNK]}, **live},
-                                        {"state": 1, "data": 1}):
-                    found[doc["_id"]] = StoredRecord(doc["_id"], doc["state"], bytes(doc["data"]))
+                # Expired documents are dropped here rather than by the filter (see
+                # _first_try: no $or next to _id), which is the same rule.
+                for doc in results.find({"_id": {"$in": ids[start:start + _CHUNK]}},
+                                        {"state": 1, "data": 1, "expires_at": 1}):
+                    if _is_live(doc, now):
+                        found[doc["_id"]] = StoredRecord(doc["_id"], doc["state"],
+                                                         bytes(doc["data"]))
         return found
 
     def forget(self, task_id: str) -> None:
@@ -266,9 +286,10 @@ class MongoResultBackend(ResultBackend):
         anchored at the start, which the ``_id`` index serves as a range)."""
         with self._errors:
             entries = self._coll("entries")
-            found = entries.find({"_id": {"$regex": "^" + re.escape(prefix)},
-                                  **_live(self._now())}, {"value": 1})
-            return {doc["_id"]: bytes(doc["value"]) for doc in found}
+            now = self._now()
+            found = entries.find({"_id": {"$regex": "^" + re.escape(prefix)}},
+                                 {"value": 1, "expires_at": 1})
+            return {doc["_id"]: bytes(doc["value"]) for doc in found if _is_live(doc, now)}
 
     def delete_entry(self, key: str) -> None:
         """Delete the entry. Idempotent."""
