@@ -52,7 +52,7 @@ VALUES: list[bytes] = [
     b"\x00",
     b"\x00" * 64,
     b"\xff\xfe\xfd",
-    "[/x]".encode(),
+    b"[/x]",
     b"\x1b[31m",
     bytes(range(256)),
     b"x" * (1 << 20),

@@ -56,7 +56,7 @@ def test_the_signing_time_cannot_be_changed_without_the_key() -> None:
     signer = Signer("k", max_age=60)
     data = signer.sign(b'{"v":1}')
     head, _, body = data.partition(b":")[2].partition(b":")
-    digest, _, stamp = head.partition(b".")
+    digest = head.partition(b".")[0]
     forged = b"conveyor-hmac1:" + digest + b"." + repr(time.time() + 1000).encode() + b":" + body
     with pytest.raises(MessageDecodeError, match="does not verify"):
         signer.verify(forged)
