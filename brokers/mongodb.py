@@ -290,15 +290,17 @@ class MongoBroker(Broker):
             self._messages.delete_one(self._held(reservation))
 
     def ack_many(self, reservations: Sequence[Reservation]) -> None:
-        """Delete the messages still carrying their reservations' tokens, one ``delete_many``
-        per 500 (each as :meth:`ack`)."""
-        for start in range(0, len(reservations), _CHUNK):
-            by_token: dict[str, list[str]] = {}
-            for r in reservations[start:start + _CHUNK]:
-                by_token.setdefault(r.receipt, []).append(r.message_id)
-            held = [{"token": t, "_id": {"$in": ids}} for t, ids in by_token.items()]
-            with self._errors:
-                self._messages.delete_many({"$or": held})
+        """Delete the messages still carrying their reservations' tokens (each as
+        :meth:`ack`): one ``delete_many`` per reserve call they came from (they share its
+        token), not one ``$or`` of them all, which SecantusDB answers by scanning."""
+        by_token: dict[str, list[str]] = {}
+        for r in reservations:
+            by_token.setdefault(r.receipt, []).append(r.message_id)
+        with self._errors:
+            for token, ids in by_token.items():
+                for start in range(0, len(ids), _CHUNK):
+                    self._messages.delete_many(
+                        {"_id": {"$in": ids[start:start + _CHUNK]}, "token": token})
 
     def nack(self, reservation: Reservation, *, delay: float = 0.0) -> None:
         """Release the lease; ready again after ``delay``. No-op once re-delivered elsewhere."""
@@ -323,8 +325,9 @@ class MongoBroker(Broker):
         with self._errors:
             # _id repeated in the replacement: nx-27017 would otherwise invent one.
             self._dead.replace_one({"_id": reservation.message_id}, {
-                "_id": reservation.message_id, "queue": reservation.queue, "body": reservation.body, "reason": str(reason),
-                "dead_at": self._db.now()}, upsert=True)
+                "_id": reservation.message_id, "queue": reservation.queue,
+                "body": reservation.body, "reason": str(reason), "dead_at": self._db.now()},
+                upsert=True)
             self._messages.delete_one(self._held(reservation))
 
     # -- administration -------------------------------------------------------------------
