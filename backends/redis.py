@@ -35,7 +35,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any, ClassVar, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from conveyor.backend import (
     BackendCapabilities,
@@ -63,6 +65,43 @@ _INLINE_MAX = 65536
 # Stores one or more records, each atomically with these rules: nothing replaces a terminal
 # record (first terminal write wins), and PENDING replaces nothing (it must not hide a
 # worker's progress). A terminal write leaves a "done" token that wakes waiters.
+# The store script without the query index (``query_index`` off, the default): the same rules,
+# two fields per record, nothing else.
+# KEYS: result_1, done_1, result_2, done_2, ...
+# ARGV: ttl_ms (0: never expires), done_ttl_ms, state_1, data_1, state_2, data_2, ...
+_STORE_PLAIN = """
+local terminal = {@TERMINAL@}
+local ttl = tonumber(ARGV[1])
+local done_ttl = tonumber(ARGV[2])
+if ttl > 0 then done_ttl = math.min(done_ttl, ttl) end
+local written = {}
+for i = 1, #KEYS / 2 do
+  local result, done = KEYS[2 * i - 1], KEYS[2 * i]
+  local state, data = ARGV[2 * i + 1], ARGV[2 * i + 2]
+  local current = redis.call('HGET', result, 'state')
+  if current and (terminal[current] or state == 'PENDING') then
+    written[i] = 0
+  else
+    redis.call('HSET', result, 'state', state, 'data', data)
+    if ttl > 0 then redis.call('PEXPIRE', result, ttl) else redis.call('PERSIST', result) end
+    if terminal[state] then
+      -- The token carries the record itself when small, so a woken waiter needs no second
+      -- read. It never outlives the record: a token without one would make waiters spin.
+      redis.call('DEL', done)
+      if #data <= @INLINE@ then
+        redis.call('RPUSH', done, state .. '\\n' .. data)
+      else
+        redis.call('RPUSH', done, '1')
+      end
+      redis.call('PEXPIRE', done, done_ttl)
+    end
+    written[i] = 1
+  end
+end
+return written
+""".replace("@INLINE@", str(_INLINE_MAX)).replace(
+    "@TERMINAL@", ", ".join(f"[{s!r}] = true" for s in sorted(READY_STATES)))
+
 # A written record is also (re)scored in the query indexes (see the module doc).
 # KEYS: result_1, done_1, result_2, done_2, ...
 # ARGV: ttl_ms (0: never expires), done_ttl_ms, index key prefix, length of the result key
@@ -207,6 +246,14 @@ end
 return found
 """
 
+def _without_query(url: URL, name: str) -> URL:
+    """``url`` without the query parameter ``name`` (a conveyor option redis-py must not
+    see)."""
+    parts = urlsplit(url.raw)
+    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != name]
+    return URL(urlunsplit(parts._replace(query=urlencode(kept))))
+
+
 def _q(value: str | None) -> str:
     """A JSON literal for a label (cjson in the scripts reads it back)."""
     return "null" if value is None else quote_json(value)
@@ -237,21 +284,34 @@ _MAX_BLOCK = 5.0
 class RedisResultBackend(ResultBackend):
     """Results in Redis hashes with TTL. Thread-safe; each call is one round trip.
 
-    Options: ``prefix`` (default ``"conveyor:"``); anything else goes to
-    ``redis.Redis.from_url``.
+    Options: ``prefix`` (default ``"conveyor:"``); ``query_index`` (default off; also
+    ``?query_index=1`` in the URL): maintain the sorted-set indexes behind :meth:`query`
+    (the dashboard's task list) on every write. Off, ``capabilities.query`` is False. Every
+    process writing records (workers, producers) must use the same setting, or the index
+    misses their writes. Anything else goes to ``redis.Redis.from_url``.
     """
 
     capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(
         native_expiry=True, push_wait=True, coordination=True, query=True)
 
-    def __init__(self, url: URL, *, prefix: str = "conveyor:", **options: Any) -> None:
+    def __init__(self, url: URL, *, prefix: str = "conveyor:", query_index: bool = False,
+                 **options: Any) -> None:
         super().__init__(url)
+        flag = url.query.get("query_index")
+        if flag is not None:
+            query_index = flag.lower() in ("1", "true", "yes", "on")
+            url = _without_query(url, "query_index")
+        self._indexed = bool(query_index)
+        if not self._indexed:
+            # The index costs the write path measurably (bench/README.md): opt-in. The
+            # contract suite reads capabilities on the instance.
+            self.capabilities = replace(type(self).capabilities, query=False)  # type: ignore[misc]
         self._prefix = prefix
         self._result = f"{prefix}result:"
         self._done = f"{prefix}done:"
         self._errors = RedisErrors(url)
         self._client = make_client(url, **options)
-        self._store = self._client.register_script(_STORE)
+        self._store = self._client.register_script(_STORE if self._indexed else _STORE_PLAIN)
         self._join = self._client.register_script(_JOIN)
         self._entries = self._client.register_script(_ENTRIES)
         self._query = self._client.register_script(_QUERY)
@@ -274,11 +334,16 @@ class RedisResultBackend(ResultBackend):
         written: list[bool] = []
         for start in range(0, len(batch), _STORE_CHUNK):
             keys: list[str] = []
-            args: list[Any] = [ttl_ms, _DONE_TTL_MS, self._index, len(self._result)]
+            args: list[Any] = [ttl_ms, _DONE_TTL_MS]
+            if self._indexed:
+                args += (self._index, len(self._result))
             for record in batch[start:start + _STORE_CHUNK]:
                 keys += (self._result + record.task_id, self._done + record.task_id)
-                args += (record.state, record.data,
-                         f"[{_q(record.name)},{_q(record.queue)},{_q(record.worker)}]")
+                if self._indexed:
+                    args += (record.state, record.data,
+                             f"[{_q(record.name)},{_q(record.queue)},{_q(record.worker)}]")
+                else:
+                    args += (record.state, record.data)
             with self._errors:
                 written += (bool(w) for w in run_script(self._client, self._store, keys, args))
         return written
@@ -312,12 +377,15 @@ class RedisResultBackend(ResultBackend):
                        [self._result + task_id, self._done + task_id], [self._index, task_id])
 
     def query(self, query: RecordQuery) -> RecordPage:
-        """Walks one sorted-set index newest first (the state's, else ``idx:all``) and tests
-        the other filters on each record it meets,
+        """(With ``query_index`` on.) Walks one sorted-set index newest first (the state's,
+        else ``idx:all``) and tests the other filters on each record it meets,
         in script calls of at most 5,000 members each, for at most ~0.2 s per page: a page
         with a rare filter may come back short, with a cursor. An id prefix alone walks
         ``idx:all``; name, queue and worker filters are fast while their matches are common
         (a rare one walks far: the page comes back short, with a cursor)."""
+        if not self._indexed:
+            raise NotImplementedError("this Redis backend keeps no query index: add "
+                                      "?query_index=1 to the backend URL of every writer")
         index = self._index + ("all" if query.state is None else "state:" + query.state)
         top = "+inf" if query.until is None else f"({float(query.until)!r}"
         at, after = top, ""

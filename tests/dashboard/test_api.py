@@ -115,3 +115,17 @@ def test_api_follows_real_workers(app: Any, queue: str, workers: Workers, *,
     assert client.post(f"/api/revoke/{later}", headers={"X-CSRF-Token": dash.guard.csrf()}
                        ).status_code == 200
     assert client.get(f"/api/tasks/{later}").json()["state"] == "REVOKED"
+
+
+def test_without_the_redis_index_the_pages_say_how_to_get_it(redis_url: str) -> None:
+    from conveyor import Conveyor
+
+    app = Conveyor("plain", broker="memory://plain-redis", backend=redis_url)
+    try:
+        assert app.backend.capabilities.query is False
+        client = TestClient(Dashboard(app, sample=False).asgi(), base_url=LOCAL)
+        assert "query_index=1" in client.get("/tasks").text
+        assert client.get("/api/tasks").status_code == 501
+        assert client.get("/").status_code == 200
+    finally:
+        app.close()
