@@ -161,7 +161,8 @@ def main(argv: list[str]) -> int:
         with redis_server(args.redis_url) as url:
             print(f"redis ({url.split('@')[-1]})", file=sys.stderr)
             try:
-                out["redis"] = measure(url, args.n, args.repeat, {"prefix": "benchdash:"})
+                out["redis"] = measure(url, args.n, args.repeat,
+                                       {"prefix": "benchdash:", "query_index": True})
             finally:
                 clean_redis(url)
     if args.only in (None, "postgres"):
