@@ -116,6 +116,12 @@ def test_api_follows_real_workers(app: Any, queue: str, workers: Workers, *,
                        ).status_code == 200
     assert client.get(f"/api/tasks/{later}").json()["state"] == "REVOKED"
 
+    # A worker that leaves stays listed, greyed out (alive False).
+    workers.stop_all()
+    wait_until(lambda: [w["alive"] for w in client.get("/api/workers").json()] == [False],
+               timeout=30, what="the stopped worker listed as gone")
+    assert 'class="gone"' in client.get("/workers").text
+
 
 def test_without_the_redis_index_the_pages_say_how_to_get_it(redis_url: str) -> None:
     from conveyor import Conveyor
