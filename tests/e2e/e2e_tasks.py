@@ -74,7 +74,7 @@ def stuck(marker: str) -> None:
     time.sleep(60)
 
 
-@app.task(rate_limit="10/s")
+@app.task(rate_limit="5/s")
 def limited() -> float:
     return time.time()
 

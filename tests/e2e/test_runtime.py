@@ -47,7 +47,7 @@ def test_soft_limit_is_caught_and_hard_limit_ends_a_stuck_task_threads_pool(
     assert "recycling this worker process" in workers.logs()
 
 
-@pytest.mark.parametrize("pair", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("pair", ["sqlite", "redis"], indirect=True)
 def test_hard_limit_replaces_the_child_on_the_processes_pool(
         app: Any, workers: Workers, tmp_path: Path) -> None:
     import e2e_tasks
@@ -61,23 +61,27 @@ def test_hard_limit_replaces_the_child_on_the_processes_pool(
     assert [e2e_tasks.add.delay(i, i) for i in range(4)][-1].get(timeout=30) == 6
 
 
-@pytest.mark.parametrize("pair", ["sqlite", "redis"], indirect=True)
+@pytest.mark.parametrize("pair", THREE, indirect=True)
 def test_rate_limit_is_held_by_two_workers_together(app: Any, workers: Workers) -> None:
     import e2e_tasks
 
-    workers.start("-c", "4")
-    workers.start("-c", "4")
-    assert e2e_tasks.add.delay(0, 0).get(timeout=30) == 0  # both are up (roughly)
+    workers.start("-c", "2")
+    workers.start("-c", "2")
+    assert e2e_tasks.add.delay(0, 0).get(timeout=60) == 0  # both are up (roughly)
     time.sleep(1.0)
-    results = [e2e_tasks.limited.delay() for _ in range(70)]
+    results = [e2e_tasks.limited.delay() for _ in range(40)]
     times = sorted(r.get(timeout=60) for r in results)
-    # A 10/s limit is ten runs per one-second window (windows start on whole epoch seconds).
+    # A 5/s limit is five runs per one-second window (windows start on whole epoch seconds).
     per_window = Counter(math.floor(t) for t in times)
-    assert max(per_window.values()) <= 11, per_window  # 1 of slack: admitted at x.999
+    # Admission is what the limit counts; a run starts a little later (the backend round
+    # trip, a busy machine), so runs admitted in window x may start in window x+1. Any three
+    # adjacent windows then hold at most their own three windows' worth plus the one before.
+    spans = [sum(per_window[w + i] for i in range(3)) for w in per_window]
+    assert max(spans) <= 4 * 5, per_window
     full = sorted(per_window)[1:-1]  # the first and last windows are partly used
-    assert len(full) >= 4
+    assert len(full) >= 5, per_window
     rate = sum(per_window[w] for w in full) / len(full)
-    assert 9.0 <= rate <= 11.0, f"{rate:.2f} runs/s over {len(full)} windows, limit 10/s"
+    assert 4.5 <= rate <= 5.5, f"{rate:.2f} runs/s over {len(full)} windows, limit 5/s"
     assert all(len(r.attempts) == 1 for r in results), "no attempt was counted for a wait"
 
 
@@ -128,7 +132,7 @@ def test_progress_is_observed_mid_task_and_the_final_state_wins(
     assert app.AsyncResult(r.id).state == "SUCCESS"
 
 
-@pytest.mark.parametrize("pair", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("pair", THREE, indirect=True)
 def test_signals_fire_in_order(app: Any, workers: Workers, tmp_path: Path) -> None:
     import e2e_tasks
 
