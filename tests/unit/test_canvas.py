@@ -446,3 +446,57 @@ def _wait(predicate: Any, timeout: float = 10.0) -> None:
             return
         time.sleep(0.02)
     raise AssertionError("condition not met in time")
+
+
+def test_cli_result_shows_the_workflow(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+    import textwrap
+    import threading
+    import uuid
+
+    from click.testing import CliRunner
+
+    from conveyor.cli import cli
+
+    name = f"canvascli_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(f"""
+        from conveyor import Conveyor
+        app = Conveyor("cli", broker="memory://{name}", backend="memory://{name}",
+                       worker_poll_wait=0.2)
+
+        @app.task
+        def add(a, b):
+            return a + b
+
+        @app.task
+        def fail(*args):
+            raise ValueError("bad \\x1b[31m[red]input[/red]")
+
+        @app.task
+        def total(values):
+            return sum(values)
+    """))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module(name)
+    consumer = Consumer(mod.app, concurrency=2)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        result = chain(mod.add.s(1, 1), chord([mod.add.s(1), mod.fail.s()], mod.total.s()))()
+        with pytest.raises(ChordError):
+            result.get(timeout=10)
+        failed = result.parent.results[1].id
+        out = CliRunner().invoke(cli, ["result", failed, "-A", f"{name}:app"],
+                                 catch_exceptions=False).output
+        assert "2 of 2 header tasks done, 1 failed" in out
+        assert f"body: {result.id}" in out and "\x1b" not in out
+        data = json.loads(CliRunner().invoke(
+            cli, ["result", result.id, "-A", f"{name}:app", "--json"]).output)
+        assert data["workflow"]["chord"]["failed"] == [failed]
+        assert data["workflow"]["parents"][0]["task"] == "chord header"
+    finally:
+        consumer.stop()
+        thread.join(10)
+        sys.modules.pop(name, None)
