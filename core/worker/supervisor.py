@@ -65,4 +65,6 @@ class Supervisor:
         for child in self.children:
             if child is not None:
                 codes.append(child.wait())
-        return 0 if all(code == 0 for code in codes) else 1
+        # A child ended by our SIGTERM itself (-SIGTERM) got it while still starting, before
+        # ``conveyor worker`` installed its handler, so it had reserved nothing: a clean stop.
+        return 0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1
