@@ -12,10 +12,11 @@
 --   7 dead      ZSET  id -> time dead-lettered (µs, strictly increasing)
 --   8 deadbody  HASH  id -> message bytes
 --   9 reason    HASH  id -> why it was dead-lettered
---  10 ranked    ZSET  ids ready now with a priority above 0, score (9 - priority) * 1e13 +
---                     ms: served before `ready`, highest priority first, FIFO within one
+--  10 ranked    ZSET  ids ready now with a priority above 0, score (9 - priority) * 1e14 +
+--                     seq: served before `ready`, highest priority first, FIFO within one
 --  11 priority  HASH  id -> priority, for messages above 0 (kept until ack/dead/purge, so
---                     a nacked, delayed or lease-expired message goes back to its level)
+--                     a nacked, delayed or lease-expired message goes back to its level);
+--                     its field '~seq' counts arrivals, the FIFO order within a level
 --
 -- Priority 0, the default, never touches keys 10 and 11: the hot path is unchanged.
 --
@@ -27,7 +28,7 @@
 -- replicates scripts by their effects, which is what makes TIME before a write legal.
 
 local K = 11
-local LEVEL = 1e13  -- more than any ms timestamp; scores stay exact integers in a double
+local LEVEL = 1e14  -- more arrivals than a queue sees; scores stay exact integers in a double
 local op = ARGV[1]
 
 local function now_ms()
@@ -70,7 +71,11 @@ end
 
 -- Make ids ready: priority-0 ones to the back (or, with `front`, the front) of `ready`, the
 -- others into `ranked` at their level (at its front with `front`).
-local function make_ready(q, ids, now, front)
+local function next_seq(q)
+  return redis.call('HINCRBY', q.priority, '~seq', 1)
+end
+
+local function make_ready(q, ids, front)
   if redis.call('HLEN', q.priority) == 0 then
     redis.call(front and 'LPUSH' or 'RPUSH', q.ready, unpack(ids))
     return
@@ -79,7 +84,7 @@ local function make_ready(q, ids, now, front)
   for _, id in ipairs(ids) do
     local p = redis.call('HGET', q.priority, id)
     if p then
-      redis.call('ZADD', q.ranked, (9 - tonumber(p)) * LEVEL + (front and 0 or now), id)
+      redis.call('ZADD', q.ranked, (9 - tonumber(p)) * LEVEL + (front and 0 or next_seq(q)), id)
     else
       plain[#plain + 1] = id
     end
@@ -94,12 +99,12 @@ end
 local function promote(q, now)
   local due = redis.call('ZRANGEBYSCORE', q.delayed, '-inf', now, 'LIMIT', 0, 1000)
   if #due > 0 then
-    make_ready(q, due, now, false)
+    make_ready(q, due, false)
     redis.call('ZREM', q.delayed, unpack(due))
   end
   local lost = redis.call('ZRANGEBYSCORE', q.reserved, '-inf', now, 'LIMIT', 0, 1000)
   if #lost > 0 then
-    make_ready(q, lost, now, true)
+    make_ready(q, lost, true)
     redis.call('ZREM', q.reserved, unpack(lost))
   end
 end
@@ -222,7 +227,7 @@ function ops.nack()
   if delay > 0 then
     redis.call('ZADD', q.delayed, now + delay, id)
   else
-    make_ready(q, {id}, now, true)
+    make_ready(q, {id}, true)
   end
   wake(q)
   return 1
@@ -330,7 +335,7 @@ function ops.enqueue()
     if delay > 0 then
       redis.call('ZADD', q.delayed, now + delay, id)
     else
-      redis.call('ZADD', q.ranked, (9 - p) * LEVEL + now, id)
+      redis.call('ZADD', q.ranked, (9 - p) * LEVEL + next_seq(q), id)
     end
   end
   wake(q)

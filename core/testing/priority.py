@@ -39,6 +39,18 @@ class BrokerPriorityContract(BrokerFixtures):
         if broker.capabilities.fifo:
             assert bodies[2:] == [b"low-0", b"low-1", b"low-2"]
 
+    def test_equal_priorities_keep_enqueue_order_if_fifo(
+            self, broker: Broker, queue: str, timings: BrokerTimings) -> None:
+        bodies = [f"p5-{i}".encode() for i in range(8)]
+        for body in bodies:
+            self._send(broker, queue, body, 5)
+        got = reserve_count(broker, [queue], 8, lease=timings.long_lease,
+                            timeout=2 + timings.slack, tick=timings.tick)
+        if broker.capabilities.fifo:
+            assert [r.body for r in got] == bodies
+        else:
+            assert sorted(r.body for r in got) == sorted(bodies)
+
     def test_priority_is_kept_through_nack(
             self, broker: Broker, queue: str, timings: BrokerTimings) -> None:
         self._send(broker, queue, b"urgent", 8)
@@ -65,5 +77,7 @@ class BrokerPriorityContract(BrokerFixtures):
         bodies = [r.body for r in got]
         if broker.capabilities.priorities:
             assert sorted(bodies[:2]) == [b"a", b"b"] and bodies[2] == b"first-plain"
+            if broker.capabilities.fifo:
+                assert bodies[:2] == [b"a", b"b"]
         else:
             assert sorted(bodies) == [b"a", b"b", b"first-plain"]
