@@ -259,10 +259,10 @@ class SQLResultBackend(ResultBackend):
         if self._db.dialect == "mysql":
             if not replace:
                 return table.insert().values(values).prefix_with("IGNORE")
-            stmt = mysql_dialect.insert(table).values(values)
-            return stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in replace})
+            upsert = mysql_dialect.insert(table).values(values)
+            return upsert.on_duplicate_key_update({c: upsert.inserted[c] for c in replace})
         insert = postgresql.insert if self._db.dialect == "postgresql" else sqlite.insert
-        stmt = insert(table).values(values)
+        stmt: Any = insert(table).values(values)
         keys = [c for c in table.primary_key.columns]
         if not replace:
             return stmt.on_conflict_do_nothing(index_elements=keys)
@@ -301,12 +301,12 @@ class SQLResultBackend(ResultBackend):
         j = self._joins
         values = {"key": key, "member": "", "expires_at": expires}
         if self._db.dialect == "mysql":
-            stmt = mysql_dialect.insert(j).values(values)
-            conn.execute(stmt.on_duplicate_key_update(expires_at=j.c.expires_at))
+            upsert = mysql_dialect.insert(j).values(values)
+            conn.execute(upsert.on_duplicate_key_update(expires_at=j.c.expires_at))
             return cast("float | None", conn.scalar(
                 sa.select(j.c.expires_at).where(j.c.key == key, j.c.member == "")))
         insert = postgresql.insert if self._db.dialect == "postgresql" else sqlite.insert
-        stmt = insert(j).values(values)
+        stmt: Any = insert(j).values(values)
         # Setting the column to itself keeps the old expiry but still locks the row.
         stmt = stmt.on_conflict_do_update(index_elements=[j.c.key, j.c.member],
                                           set_={"expires_at": j.c.expires_at})

@@ -77,10 +77,15 @@ class ExactKey(sa.types.TypeDecorator[str]):
     impl = sa.String
     cache_ok = True
 
+    def __init__(self, length: int) -> None:
+        super().__init__(length)
+        self.length = length
+
     def load_dialect_impl(self, dialect: Any) -> Any:
         if dialect.name in ("mysql", "mariadb"):
-            return dialect.type_descriptor(mysql.VARBINARY(self.impl.length * 4))
-        return dialect.type_descriptor(sa.String(self.impl.length))
+            # Four bytes per character: the longest UTF-8 encoding.
+            return dialect.type_descriptor(mysql.VARBINARY(self.length * 4))
+        return dialect.type_descriptor(sa.String(self.length))
 
     def process_bind_param(self, value: str | None, dialect: Any) -> Any:
         if value is not None and dialect.name in ("mysql", "mariadb"):
