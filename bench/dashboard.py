@@ -139,8 +139,14 @@ def clean_redis(url: str) -> None:
     import redis
 
     client = redis.Redis.from_url(url)
+    batch: list[bytes] = []
     for key in client.scan_iter("benchdash:*", count=10_000):
-        client.unlink(key)
+        batch.append(key)
+        if len(batch) >= 10_000:
+            client.unlink(*batch)
+            batch.clear()
+    if batch:
+        client.unlink(*batch)
     client.close()
 
 
@@ -171,7 +177,8 @@ def main(argv: list[str]) -> int:
                 out["redis"] = measure(url, args.n, args.repeat,
                                        {"prefix": "benchdash:", "query_index": True})
             finally:
-                clean_redis(url)
+                if args.redis_url:  # a throwaway server goes away with its data
+                    clean_redis(url)
     if args.only in (None, "postgres"):
         with postgres_server(args.postgres_url) as url:
             print("postgres", file=sys.stderr)
@@ -179,7 +186,8 @@ def main(argv: list[str]) -> int:
                 out["postgres"] = measure(url, args.n, args.repeat,
                                           {"table_prefix": "benchdash_"})
             finally:
-                clean_postgres(url)
+                if args.postgres_url:
+                    clean_postgres(url)
     print(json.dumps(out, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
