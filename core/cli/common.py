@@ -47,6 +47,8 @@ def load_app(path: str | None) -> Conveyor:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     module_name, colon, attr = path.partition(":")
+    if module_name.endswith(".py") or os.sep in module_name:
+        raise AppLoadError(_cannot_import(module_name, path))
     if colon:
         return _attribute(_import(module_name, path), attr, path)
     try:
@@ -68,6 +70,10 @@ class _NoSuchModuleError(Exception):
 
 
 def _cannot_import(module_name: str, path: str) -> str:
+    if module_name.endswith(".py") or os.sep in module_name:
+        dotted = module_name.removesuffix(".py").strip(os.sep).replace(os.sep, ".")
+        return (f"-A takes a module name, not a file path: -A {dotted} (run from the "
+                "directory that contains it)")
     return (f"cannot import {module_name!r} (from -A {path}): no such module. Run from the "
             "directory that contains it, or add that directory to PYTHONPATH")
 

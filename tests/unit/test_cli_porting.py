@@ -130,6 +130,14 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_it(app_module: str,
         run("queues", "-A", app_module, "--debug")
 
 
+def test_a_file_path_given_to_app_says_to_use_the_module_name(app_module: str) -> None:
+    code, out = run("queues", "-A", "proj/shop.py")
+    assert code == 1
+    assert "-A takes a module name, not a file path: -A proj.shop" in out
+    code, out = run("queues", "-A", f"{app_module}.py")
+    assert code == 1 and f"-A {app_module} (run from" in out
+
+
 def test_a_module_with_two_apps_and_no_app_attribute_names_them(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch
                                                                 ) -> None:
