@@ -499,3 +499,36 @@ def test_more_commands_print_hostile_names_escaped(app_module: str,
         assert code == 0, (args, out)
         _assert_safe(out)
     assert app.broker.stats("hostile").ready == 6
+
+
+def test_the_same_through_a_real_process(tmp_path: Path) -> None:
+    """Options after the subcommand, a Celery -A form, the environment's layer, JSON errors,
+    whole ids: through ``python -m conveyor`` as a user types it."""
+    url = f"sqlite:///{tmp_path}/r.db"
+    (tmp_path / "realapp.py").write_text(
+        "from conveyor import Conveyor\n"
+        "celery = Conveyor('real', broker='memory://unused', backend='memory://unused')\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CONVEYOR_RESULT_EXPIRES": "42"}
+
+    def conveyor(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "conveyor", *args], check=False,
+                              cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=60)
+
+    proc = conveyor("check", "-A", "realapp.celery", "--broker", url, "--backend", url,
+                    "--json")
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads(proc.stdout)["config"]
+    assert config["broker_url"] == {"value": url, "source": "command line (--broker)"}
+    assert config["result_expires"] == {"value": 42.0,
+                                        "source": "environment (CONVEYOR_RESULT_EXPIRES)"}
+    task_id = f"order-{uuid.uuid4()}-whole"
+    proc = conveyor("call", "x.y", "--broker", url, "--backend", url, "-A", "realapp")
+    sent = proc.stdout.strip()
+    assert proc.returncode == 0 and len(sent) == 36, proc.stderr
+    proc = conveyor("result", sent, "-A", "realapp", "--broker", url, "--backend", url)
+    assert proc.returncode == 0 and sent in proc.stdout, proc.stderr
+    proc = conveyor("result", task_id, "--json", "-A", "realapp", "--broker", url,
+                    "--backend", url)
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout)["error"].startswith(f"no record of task {task_id}")
