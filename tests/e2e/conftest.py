@@ -37,7 +37,6 @@ PAIRS: dict[str, tuple[str | None, str | None]] = {
     "mongodb": ("mongo_url", "mongo_url"),
     "mongodb-broker+redis-backend": ("mongo_url", "redis_url"),
     "redis-broker+mongodb-backend": ("redis_url", "mongo_url"),
-    "mongodb-broker+postgres-backend": ("mongo_url", "postgres_url"),
 }
 
 
