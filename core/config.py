@@ -86,6 +86,23 @@ class Settings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_ready", True)
 
+    def __repr__(self) -> str:
+        """Every setting, with URL passwords and the signing key masked: a repr ends up in
+        logs and tracebacks."""
+        from conveyor.url import mask_password
+
+        shown = []
+        for f in fields(self):
+            if not f.repr:
+                continue
+            value = getattr(self, f.name)
+            if f.name in ("broker_url", "result_backend") and isinstance(value, str):
+                value = mask_password(value)
+            elif f.name == "task_signing_key" and value is not None:
+                value = "***"
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
     def __setattr__(self, name: str, value: Any) -> None:
         # ``conf.KEY = value`` is code setting KEY: it takes the code layer's place, so a
         # value from the environment or the command line still wins.

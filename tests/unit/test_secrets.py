@@ -43,6 +43,14 @@ def test_repr_of_an_app_masks_query_passwords_and_survives_unparseable_urls() ->
     assert "hunter2" not in repr(URL("redis://:hunter2@host/0"))
 
 
+def test_repr_of_the_settings_masks_url_passwords_and_the_signing_key() -> None:
+    app = Conveyor("s", broker="redis://:hunter2@host/0",
+                   backend="redis://user:hun/ter2@host/0", task_signing_key="s3kr1t")
+    text = repr(app.conf)
+    assert "hunter2" not in text and "ter2" not in text and "s3kr1t" not in text
+    assert "task_signing_key='***'" in text and "broker_url='redis://:***@host/0'" in text
+
+
 @pytest.mark.parametrize("kind", ["broker", "backend"])
 def test_redis_sentinel_urls_are_a_one_line_not_supported_error(kind: str) -> None:
     from conveyor.exceptions import ConfigurationError
