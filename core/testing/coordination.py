@@ -140,6 +140,18 @@ class BackendCoordinationContract(BackendFixtures):
         coordinating.delete_entry(entry_prefix + "x")
         assert coordinating.entries(entry_prefix) == {}
 
+    def test_purge_expired_keeps_live_sets_and_entries(
+            self, coordinating: ResultBackend, key: str, entry_prefix: str) -> None:
+        coordinating.join(key, "a", ttl=60)
+        coordinating.join(key + "-forever", "a", ttl=None)
+        coordinating.put_entry(entry_prefix + "minute", b"1", ttl=60)
+        coordinating.put_entry(entry_prefix + "forever", b"2", ttl=None)
+        coordinating.purge_expired()
+        assert coordinating.entries(entry_prefix) == {
+            entry_prefix + "minute": b"1", entry_prefix + "forever": b"2"}
+        assert coordinating.join(key, "b", ttl=60) == 2
+        assert coordinating.join(key + "-forever", "b", ttl=60) == 2
+
     def test_entry_never_collides_with_a_task_record(
             self, coordinating: ResultBackend, entry_prefix: str,
             new_task_id: Callable[[], str]) -> None:
