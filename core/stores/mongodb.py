@@ -82,6 +82,23 @@ def to_date(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, tz=timezone.utc)
 
 
+def check_options(raw: str, where: str) -> None:
+    """Raise InvalidURLError naming the first query option pymongo would refuse or, worse,
+    ignore with only a warning (a misspelt ``journal`` must not silently mean "off")."""
+    from pymongo.uri_parser import split_options
+
+    pairs = parse_qsl(urlsplit(raw).query, keep_blank_values=True)
+    for name, value in pairs:
+        try:
+            split_options(urlencode([(name, value)]), validate=True, warn=False)
+        except (ValueError, TypeError) as exc:  # pymongo's ConfigurationError is neither
+            raise InvalidURLError(f"invalid option {name}={value!r} in {where}: {exc}") from exc
+        except Exception as exc:
+            raise InvalidURLError(
+                f"unknown option {name!r} in {where}: see pymongo's MongoClient options; "
+                "conveyor's own is 'prefix'") from exc
+
+
 class MongoErrors:
     """The one place pymongo exceptions become conveyor's, always ``from`` the original.
 
@@ -136,6 +153,7 @@ class MongoStore:
     def __init__(self, url: URL, *, prefix: str | None = None, **options: Any) -> None:
         pymongo = require("pymongo", extra="mongodb")
         raw, from_url = split_prefix(url)
+        check_options(raw, url.masked)
         self.prefix = validate_prefix(from_url if from_url is not None else
                                       prefix if prefix is not None else DEFAULT_PREFIX)
         self.errors = MongoErrors(url)
@@ -146,7 +164,10 @@ class MongoStore:
                 options[name] = value
         options["tz_aware"] = True
         with self.errors:
-            self.client: MongoClient[dict[str, Any]] = pymongo.MongoClient(raw, **options)
+            try:
+                self.client: MongoClient[dict[str, Any]] = pymongo.MongoClient(raw, **options)
+            except ValueError as exc:  # e.g. a port that is not a number
+                raise InvalidURLError(f"malformed MongoDB URL {url.masked}: {exc}") from exc
             self.db: Database[dict[str, Any]] = self.client.get_default_database(
                 DEFAULT_DATABASE)
         self._ready: set[str] = set()

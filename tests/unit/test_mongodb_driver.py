@@ -18,6 +18,7 @@ from conveyor.brokers.mongodb import MongoBroker
 from conveyor.exceptions import (
     ConfigurationError,
     ConnectionLostError,
+    InvalidURLError,
     ValueRefusedError,
 )
 from conveyor.registry import backend_from_url, broker_from_url
@@ -202,3 +203,16 @@ def test_without_change_streams_consumers_poll_and_still_wake_promptly(
     finally:
         consumer.close()
         producer.close()
+
+
+@pytest.mark.parametrize(("query", "named"), [("journal=ture", "journal"),
+                                              ("jurnal=true", "jurnal"),
+                                              ("tls=maybe", "tls")])
+def test_an_option_pymongo_would_ignore_or_refuse_is_one_clear_error(
+        query: str, named: str) -> None:
+    url = f"mongodb://app:s3cret@db-host/shop?{query}"
+    with pytest.raises(InvalidURLError) as caught:
+        broker_from_url(url)
+    assert named in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+    assert "\n" not in str(caught.value)
