@@ -57,6 +57,7 @@ class SQLResultBackend(ResultBackend):
         self._t = self._db.tables.results
         self._joins = self._db.tables.joins
         self._entries = self._db.tables.entries
+        self._bytewise: bool | None = None
 
     def _live(self, now: Any) -> Any:
         t = self._t
@@ -195,6 +196,12 @@ class SQLResultBackend(ResultBackend):
             # and '_' would need escaping).
             where.append(sa.func.substr(t.c.task_id, 1, length)
                          == sa.type_coerce(prefix, t.c.task_id.type))
+            if self._ids_sort_bytewise() and ord(prefix[-1]) < 0x10FFFF:
+                # Where ids sort by code point, the prefix is also a range the primary key
+                # serves (the equality above keeps the answer exact either way).
+                after = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+                where.append(t.c.task_id >= prefix)
+                where.append(t.c.task_id < after)
         if query.since is not None:
             where.append(t.c.updated_at >= float(query.since))
         if query.until is not None:
@@ -215,6 +222,22 @@ class SQLResultBackend(ResultBackend):
         more = len(rows) > limit
         return RecordPage(records, encode_cursor(float(page[-1].updated_at), page[-1].task_id)
                           if more else None)
+
+    def _ids_sort_bytewise(self) -> bool:
+        """Whether task ids compare by code point here (SQLite's BINARY; PostgreSQL with a
+        C/POSIX collation), so an id prefix is an index range. MySQL pads: no."""
+        if self._bytewise is None:
+            if self._db.dialect == "sqlite":
+                self._bytewise = True
+            elif self._db.dialect == "postgresql":
+                with self._db.begin(read=True) as conn:
+                    collation = str(conn.scalar(sa.text(
+                        "SELECT datcollate FROM pg_database WHERE datname = current_database()"
+                    )) or "")
+                self._bytewise = collation in ("C", "POSIX") or collation.startswith("C.")
+            else:
+                self._bytewise = False
+        return self._bytewise
 
     def forget(self, task_id: str) -> None:
         """Delete the record. Idempotent."""
