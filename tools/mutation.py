@@ -92,7 +92,11 @@ def _sample(session: Path, size: int, seed: int) -> None:
     """Keep a uniform random sample of ``size`` mutants; mark the others skipped, which
     ``cosmic-ray exec`` leaves alone (a full run of a driver takes hours)."""
     db = sqlite3.connect(session)
-    jobs = sorted(j for (j,) in db.execute("SELECT job_id FROM work_items"))
+    # In source order, not by job id (random per init): one seed draws the same mutants
+    # from the same file.
+    jobs = [j for (j,) in db.execute(
+        "SELECT job_id FROM mutation_specs ORDER BY start_pos_row, start_pos_col, "
+        "operator_name, occurrence")]
     keep = set(random.Random(seed).sample(jobs, min(size, len(jobs))))
     db.executemany("INSERT INTO work_results (job_id, worker_outcome) VALUES (?, 'SKIPPED')",
                    [(j,) for j in jobs if j not in keep])

@@ -176,17 +176,17 @@ class BrokerQueueIsolationContract(BrokerFixtures):
         require_delay(broker, timings)
         longer = named(queue + "-more")  # a prefix match would take it along
         for name in (queue, longer):
-            broker.enqueue_many(name, [b"r1", b"r2"])
+            broker.enqueue_many(name, [b"r1", b"r2", b"r3"])
             broker.enqueue(name, b"later", delay=timings.long_delay)
         purged = broker.purge(queue)
         if broker.capabilities.exact_stats:
-            assert purged == 3
+            assert purged == 4  # ready + delayed (3 | 1 would be 3)
         stats = settled_stats(broker, longer, timings,
-                              lambda s: (s.ready, s.delayed) == (2, 1))
-        assert (stats.ready, stats.delayed, stats.reserved, stats.dead) == (2, 1, 0, 0)
-        got = reserve_count(broker, [longer], 2, lease=timings.long_lease,
+                              lambda s: (s.ready, s.delayed) == (3, 1))
+        assert (stats.ready, stats.delayed, stats.reserved, stats.dead) == (3, 1, 0, 0)
+        got = reserve_count(broker, [longer], 3, lease=timings.long_lease,
                             timeout=2 + timings.slack, tick=timings.tick)
-        assert sorted(r.body for r in got) == [b"r1", b"r2"]
+        assert sorted(r.body for r in got) == [b"r1", b"r2", b"r3"]
         assert broker.reserve([queue], lease=timings.long_lease) == []
 
     def test_dead_letters_and_their_counts_stay_within_their_queue(
@@ -246,6 +246,10 @@ class BrokerQueueIsolationContract(BrokerFixtures):
                 continue  # refused with a clear error: allowed
             accepted.append(named(name))
         assert queue in accepted, "the plain base name was refused"
+        listed = broker.queues()  # best effort: may be empty, but not partial
+        if listed:
+            missing = [n for n in accepted if n not in listed]
+            assert not missing, f"queues() lists some queues in use but not {missing}"
         for name in accepted:
             got = reserve_within(broker, [name], lease=timings.long_lease, limit=10,
                                  timeout=2 + timings.slack, tick=timings.tick)
