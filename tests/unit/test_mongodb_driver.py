@@ -216,3 +216,9 @@ def test_an_option_pymongo_would_ignore_or_refuse_is_one_clear_error(
     assert named in str(caught.value)
     assert "s3cret" not in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_the_server_clock_is_in_epoch_seconds(backend: MongoResultBackend) -> None:
+    # Same host as the test server: the measured offset is noise and must come out as none.
+    assert abs(backend._db.now() - time.time()) < 0.05
+    assert backend._db._offset == 0.0
