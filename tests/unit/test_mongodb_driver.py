@@ -219,6 +219,10 @@ def test_an_option_pymongo_would_ignore_or_refuse_is_one_clear_error(
 
 
 def test_the_server_clock_is_in_epoch_seconds(backend: MongoResultBackend) -> None:
-    # Same host as the test server: the measured offset is noise and must come out as none.
-    assert abs(backend._db.now() - time.time()) < 0.05
-    assert backend._db._offset == 0.0
+    now = backend._db.now()
+    if "127.0.0.1" in backend.url.raw:
+        # The server shares this host's clock: the measured offset is noise, ignored.
+        assert abs(now - time.time()) < 0.05
+        assert backend._db._offset == 0.0
+    else:  # a server given by CONVEYOR_TEST_MONGO_URL may have a clock of its own
+        assert abs(now - time.time()) < 300
