@@ -268,7 +268,7 @@ def test_claim_uses_the_index_with_100000_queued_rows(postgres_url: str) -> None
         statement, params = seen[0]
         with broker._db.engine.connect() as conn:
             plan = "\n".join(conn.exec_driver_sql("EXPLAIN " + statement, params).scalars())
-        assert f"{broker._db.prefix}messages_claim" in plan, plan
+        assert f"{broker._db.prefix}messages_ranked" in plan, plan
         assert "Seq Scan" not in plan, plan
         assert elapsed < 1.0  # loose: indexed it takes milliseconds, a scan far more
     finally:
