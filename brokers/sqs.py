@@ -32,6 +32,7 @@ How the interface maps onto SQS:
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
 import re
@@ -46,7 +47,12 @@ from typing import Any, ClassVar
 from botocore.exceptions import ClientError
 
 from conveyor.broker import Broker, BrokerCapabilities, DeadLetter, QueueStats, Reservation
-from conveyor.exceptions import AuthenticationError, ConfigurationError, ValueRefusedError
+from conveyor.exceptions import (
+    AuthenticationError,
+    ConfigurationError,
+    DriverError,
+    ValueRefusedError,
+)
 from conveyor.stores.aws import AwsErrors, client_defaults, error_code, make_client, options_of
 from conveyor.url import URL
 
@@ -68,6 +74,16 @@ _ATTRIBUTE_ROOM = 1024
 #: Lease time an ``extend``/``nack`` keeps in hand for its request to reach SQS.
 _MARGIN = 0.2
 _MAX_VISIBILITY = 43_200
+#: A receive for a ``reserve`` of 2 or more takes up to 10 messages; those beyond its ``limit``
+#: wait in the driver for the next ``reserve`` for at most this long (seconds), then go back
+#: to SQS: SQS bills per request, and a busy worker asks for a few messages at a time. When
+#: spares had to go back (a consumer slower than its receives), the next receives of that
+#: queue take only ``limit`` for :data:`_SPARE_PAUSE` seconds, so other workers get them.
+_SPARE_HOLD = 0.5
+_SPARE_PAUSE = 10.0
+#: How long ``ack_many`` of a part batch waits before sending it: the worker's completer
+#: gathers the acks that finish meanwhile into its next call, so deletes go 10 a request.
+_ACK_LINGER = 0.25
 _RECEIVE = {"MessageSystemAttributeNames": ["ApproximateReceiveCount", "SentTimestamp"],
             "MessageAttributeNames": ["All"]}
 
@@ -155,6 +171,11 @@ class SQSBroker(Broker):
         self._urls: dict[str, str] = {}
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._spare: dict[str, list[Reservation]] = {}
+        self._no_spares_until: dict[str, float] = {}
+        self._held: dict[str, _Lease] = {}
+        self._sweeper: threading.Thread | None = None
+        self._closed = threading.Event()
 
     # -- names and queues -----------------------------------------------------------------
     def _name(self, queue: str, *, dead: bool = False) -> str:
@@ -346,15 +367,62 @@ class SQSBroker(Broker):
         deadline = time.monotonic() + max(wait, 0.0)
         while True:
             for i, queue in enumerate(queues):
+                got = self._take_spare(queue, limit, visibility)
+                if got:
+                    return got
                 left = deadline - time.monotonic()
                 poll = 0
                 if i == len(queues) - 1 and left > 0.05:
                     poll = min(self._wait_cap, math.ceil(left)) if len(queues) == 1 else 1
-                got = self._receive(queue, visibility, min(limit, 10), poll)
+                got = self._receive(queue, visibility, self._batch(queue, limit), poll)
+                if len(got) > limit:
+                    self._keep_spare(queue, got[limit:])
+                    got = got[:limit]
                 if got:
                     return got
             if deadline - time.monotonic() <= 0.05:
                 return []
+
+    def _take_spare(self, queue: str, limit: int, visibility: int) -> list[Reservation]:
+        """Up to ``limit`` spare reservations of ``queue`` with at least two thirds of the
+        lease left (the heartbeat extends at a third)."""
+        with self._lock:
+            spare = self._spare.pop(queue, [])
+            now = time.monotonic()
+            fresh = [r for r in spare if r.receipt.deadline - now >= visibility * 2 / 3]
+            if len(fresh) > limit:
+                self._spare[queue] = fresh[limit:]
+        if len(fresh) < len(spare):
+            self._release([r for r in spare if r not in fresh and r.receipt.alive(_MARGIN)])
+        return fresh[:limit]
+
+    def _batch(self, queue: str, limit: int) -> int:
+        if limit == 1 or time.monotonic() < self._no_spares_until.get(queue, 0.0):
+            return min(limit, 10)
+        return 10
+
+    def _keep_spare(self, queue: str, spare: list[Reservation]) -> None:
+        with self._lock:
+            self._spare.setdefault(queue, []).extend(spare)
+            if self._sweeper is None:
+                self._sweeper = threading.Thread(target=self._sweep, daemon=True,
+                                                 name="conveyor-sqs-spares")
+                self._sweeper.start()
+
+    def _sweep(self) -> None:
+        """Give spares nobody took within :data:`_SPARE_HOLD` back to SQS."""
+        while not self._closed.wait(_SPARE_HOLD / 2):
+            now = time.monotonic()
+            with self._lock:
+                old = [r for spare in self._spare.values() for r in spare
+                       if now - r.receipt.received > _SPARE_HOLD]
+                for queue, spare in list(self._spare.items()):
+                    self._spare[queue] = [r for r in spare if r not in old]
+                    if len(self._spare[queue]) < len(spare):
+                        self._no_spares_until[queue] = now + _SPARE_PAUSE
+            # On failure their leases lapse instead: delivered again, never lost.
+            with contextlib.suppress(DriverError):
+                self._release([r for r in old if r.receipt.alive(_MARGIN)])
 
     def _receive(self, queue: str, visibility: int, count: int, poll: int,
                  *, dead: bool = False) -> list[Reservation]:
@@ -366,7 +434,7 @@ class SQSBroker(Broker):
                                             WaitTimeSeconds=poll, **_RECEIVE)
         messages = got.get("Messages", [])
         if not dead:
-            messages = self._drop_purged(url, messages)
+            messages = self._drop_purged(url, self._drop_held(messages))
 
         def build(m: dict[str, Any]) -> Reservation:
             attributes = m.get("MessageAttributes", {})
@@ -376,7 +444,22 @@ class SQSBroker(Broker):
             return Reservation(queue, _attr(attributes, _ID) or m["MessageId"], body,
                                int(m["Attributes"]["ApproximateReceiveCount"]), receipt=receipt)
 
-        return self._map(build, messages)
+        taken = self._map(build, messages)
+        if not dead:
+            with self._lock:
+                if len(self._held) > 10_000:
+                    self._held = {k: v for k, v in self._held.items() if v.alive()}
+                self._held.update((m["MessageId"], r.receipt)
+                                  for m, r in zip(messages, taken, strict=True))
+        return taken
+
+    def _drop_held(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Leave out messages this instance holds under a live lease: a standard queue may
+        hand out a message twice (SQS rarely; moto's server under concurrent receives). The
+        lease clock never outlasts the server's, so a live one means a duplicate."""
+        with self._lock:
+            return [m for m in messages if not (
+                (held := self._held.get(m["MessageId"])) is not None and held.alive())]
 
     def _drop_purged(self, url: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Delete delayed messages, coming due for the first time, that a purge sent after
@@ -415,10 +498,16 @@ class SQSBroker(Broker):
     def ack(self, reservation: Reservation) -> None:
         """DeleteMessage (and the large payload) while the lease holds; idempotent. A lapsed
         lease sends nothing: the message comes back, and the core acks the duplicate."""
-        self.ack_many([reservation])
+        self._ack_now([reservation])
 
     def ack_many(self, reservations: Sequence[Reservation]) -> None:
-        """DeleteMessageBatch, 10 a request, for the reservations whose leases still hold."""
+        """DeleteMessageBatch, 10 a request, for the reservations whose leases still hold.
+        A part batch waits :data:`_ACK_LINGER` first (see there)."""
+        if 0 < len(reservations) < 10:
+            time.sleep(_ACK_LINGER)
+        self._ack_now(reservations)
+
+    def _ack_now(self, reservations: Sequence[Reservation]) -> None:
         by_url: dict[str, list[_Lease]] = {}
         for reservation in reservations:
             lease: _Lease = reservation.receipt
@@ -605,9 +694,15 @@ class SQSBroker(Broker):
                 "large_payload_bucket": self._payload_bucket or "-"}
 
     def close(self) -> None:
-        """Close the HTTP connections and the payload thread pool. Idempotent."""
+        """Give spare messages back, close the HTTP connections and the payload thread
+        pool. Idempotent."""
+        self._closed.set()
         with self._lock:
+            spare = [r for rs in self._spare.values() for r in rs if r.receipt.alive(_MARGIN)]
+            self._spare.clear()
             pool, self._pool = self._pool, None
+        with contextlib.suppress(DriverError):
+            self._release(spare)
         if pool is not None:
             pool.shutdown(wait=False)
         for client in (self._sqs, self._s3):

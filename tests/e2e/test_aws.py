@@ -122,7 +122,7 @@ def test_endpoint_down_and_back_workers_resume_and_nothing_is_lost(
                    what="the workers to log that the endpoint is back")
         for log in sorted(logs.glob("worker-*.log")):
             text = log.read_text(errors="replace")
-            assert text.count("broker unavailable") <= 1, f"logged per poll in {log.name}"
+            assert text.count("broker unavailable (") <= 1, f"logged per poll in {log.name}"
     finally:
         workers.stop_all()
 

