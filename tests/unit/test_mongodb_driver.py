@@ -226,3 +226,12 @@ def test_the_server_clock_is_in_epoch_seconds(backend: MongoResultBackend) -> No
         assert backend._db._offset == 0.0
     else:  # a server given by CONVEYOR_TEST_MONGO_URL may have a clock of its own
         assert abs(now - time.time()) < 300
+
+
+def test_both_schemes_resolve_to_the_mongodb_drivers() -> None:
+    from conveyor.registry import BACKEND_GROUP, BROKER_GROUP, find_driver
+
+    for scheme in ("mongodb", "mongodb+srv"):
+        url = URL(f"{scheme}://db-host/shop")
+        assert find_driver(BROKER_GROUP, url) is MongoBroker
+        assert find_driver(BACKEND_GROUP, url) is MongoResultBackend
