@@ -188,3 +188,4 @@ def test_the_redaction_hook_applies_to_task_views(memory_app: Conveyor) -> None:
                                         result={"card": "4111"}).to_stored(), ttl=60)
     view = client.get("/api/tasks/r1").json()
     assert view["result"] == "<hidden>" and "4111" not in client.get("/tasks/r1").text
+
