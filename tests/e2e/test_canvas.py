@@ -76,7 +76,9 @@ def test_failures_reach_get_and_errbacks(app: Any, workers: Workers, tmp_path: P
     failed = chord([t.add.s(1, 1), c.explode.s()], body)()
     with pytest.raises(ChordError, match=r"explode\[.*exploded on purpose"):
         failed.get(timeout=30)
-    wait_until(errors.exists, timeout=30, what="the chord body's errback")
+    # A line, not only the file: exists() turns true at open(), before the write.
+    wait_until(lambda: errors.exists() and errors.read_text().endswith("\n"), timeout=30,
+               what="the chord body's errback")
     assert errors.read_text().split()[:2] == [failed.id, "ChordError"]
     assert not (tmp_path / "body").exists()
     # a failing body
