@@ -35,9 +35,11 @@ REPO = Path(__file__).resolve().parents[1]
 #: name -> (file to mutate, pytest arguments selecting its contract tests)
 TARGETS: dict[str, tuple[str, list[str]]] = {
     "memory-broker": ("brokers/memory.py",
-                      ["tests/contract/test_memory.py", "-k", "TestMemoryBroker"]),
+                      ["tests/contract/test_memory.py", "tests/unit/test_memory_reference.py",
+                       "-k", "TestMemoryBroker or memory_broker or memory_reserve"]),
     "memory-backend": ("backends/memory.py",
-                       ["tests/contract/test_memory.py", "-k", "TestMemoryResultBackend"]),
+                       ["tests/contract/test_memory.py", "tests/unit/test_memory_reference.py",
+                        "-k", "TestMemoryResultBackend or memory_backends"]),
     "sqlite-broker": ("brokers/sql.py",
                       ["tests/contract/test_sql.py", "-k", "TestSQLiteBroker"]),
     "sqlite-backend": ("backends/sql.py",

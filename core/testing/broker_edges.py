@@ -140,6 +140,18 @@ class BrokerLapsedLeaseContract(BrokerFixtures):
                               lambda s: (s.ready, s.reserved) == (1, 0))
         assert (stats.ready, stats.delayed, stats.reserved) == (1, 0, 0)
 
+    def test_extend_to_a_shorter_lease_lets_it_lapse_at_the_new_time(
+            self, broker: Broker, queue: str, timings: BrokerTimings) -> None:
+        # extend sets the lease to `lease` seconds from now: not longer, not never.
+        message_id = broker.enqueue(queue, b"shortened")
+        [held] = reserve_within(broker, [queue], lease=timings.long_lease,
+                                timeout=2 + timings.slack, tick=timings.tick)
+        assert broker.extend(held, lease=timings.lease) is True
+        [again] = reserve_within(broker, [queue], lease=timings.long_lease,
+                                 timeout=timings.lease + 2 * timings.slack + timings.tick,
+                                 tick=timings.tick)
+        assert (again.message_id, again.attempts) == (message_id, 2)
+
     def test_purge_deletes_a_message_whose_lease_lapsed(
             self, broker: Broker, queue: str, timings: BrokerTimings) -> None:
         held = self._lapse(broker, queue, timings)
