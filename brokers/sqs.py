@@ -587,8 +587,11 @@ class SQSBroker(Broker):
             taken += got
 
     def _release(self, held: Sequence[Reservation]) -> None:
+        """Make messages visible again at once; their leases end here (so a later receive
+        of them by this instance is not taken for a duplicate)."""
         by_url: dict[str, list[_Lease]] = {}
         for reservation in held:
+            reservation.receipt.end()
             by_url.setdefault(reservation.receipt.url, []).append(reservation.receipt)
         for url, leases in by_url.items():
             for start in range(0, len(leases), 10):

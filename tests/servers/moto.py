@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +26,36 @@ ENV = "CONVEYOR_TEST_AWS_ENDPOINT"
 REGION = "us-east-1"
 #: moto accepts any credentials; real AWS takes them from the environment instead.
 CREDENTIALS = "aws_access_key_id=testing&aws_secret_access_key=testing"
+
+
+_RECEIVES = threading.Lock()
+
+
+def _atomic_receives() -> None:
+    """Make moto's ReceiveMessage atomic, as SQS's is: moto checks a message's visibility and
+    marks it received without a lock, so two concurrent receives can both take it (a
+    "duplicate under a live lease" that real SQS does not produce that way). Receives are
+    serialized, except while one waits for messages in a long poll."""
+    from moto.sqs.models import Queue, SQSBackend
+
+    if getattr(SQSBackend.receive_message, "conveyor_atomic", False):
+        return
+    receive, wait = SQSBackend.receive_message, Queue.wait_for_messages
+
+    def atomic_receive(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with _RECEIVES:
+            return receive(self, *args, **kwargs)
+
+    def unlocked_wait(self: Any, timeout: int) -> None:
+        _RECEIVES.release()
+        try:
+            wait(self, timeout)
+        finally:
+            _RECEIVES.acquire()
+
+    atomic_receive.conveyor_atomic = True  # type: ignore[attr-defined]
+    SQSBackend.receive_message = atomic_receive
+    Queue.wait_for_messages = unlocked_wait
 
 
 class MotoServer:
@@ -43,6 +74,7 @@ class MotoServer:
         """Start serving and wait until the port accepts connections."""
         from moto.server import ThreadedMotoServer
 
+        _atomic_receives()
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port,
                                           verbose=False)
         self._server.start()
