@@ -26,21 +26,10 @@ def _drop_conveyor_settings_from_the_environment() -> None:
 _drop_conveyor_settings_from_the_environment()
 
 
-def _not_applicable(report: pytest.TestReport) -> bool:
-    # A contract test that cannot apply to a driver by what the driver declares (an outage
-    # test on an in-process driver) skips with this reason; any other skip fails under CI.
-    from conveyor.testing.outage import NOT_APPLICABLE
-
-    longrepr = report.longrepr
-    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
-    return reason.removeprefix("Skipped: ").startswith(NOT_APPLICABLE)
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
-    if in_ci() and report.skipped and not hasattr(report, "wasxfail") and not _not_applicable(
-            report):
+    if in_ci() and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped under CI (CI must run every test): {report.longrepr}"
