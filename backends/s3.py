@@ -66,6 +66,8 @@ _DEFAULTS: dict[str, Any] = {**client_defaults(), "threads": 16, "poll_interval"
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 _CONFLICT = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 _EXPIRES = "expires-at"
+#: Characters kept as they are in object keys: printable ASCII but '%' (see ``_key``).
+_KEY_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
 
 def _expiry(ttl: float | None) -> dict[str, str]:
@@ -119,7 +121,14 @@ class S3ResultBackend(ResultBackend):
 
     # -- objects --------------------------------------------------------------------------
     def _key(self, area: str, name: str) -> str:
-        return f"{self._prefix}{area}/{name}"
+        # Ids and entry keys are untrusted: control characters (a line break gave a 404 on
+        # PutObject) and non-ASCII are percent-encoded, and so is '%' itself, so the mapping
+        # is reversible (see _name) and keeps prefixes (listing by prefix still works).
+        return f"{self._prefix}{area}/{quote(name, safe=_KEY_SAFE)}"
+
+    def _name(self, area: str, key: str) -> str:
+        """The id or entry key that :meth:`_key` turned into ``key``."""
+        return unquote(key[len(self._key(area, "")):])
 
     def _read(self, key: str) -> tuple[bytes, dict[str, str], str] | None:
         """(body, metadata, etag) of ``key``, or None when it does not exist."""
@@ -247,7 +256,7 @@ class S3ResultBackend(ResultBackend):
         then filters and sorts in the client."""
         cursor = None if query.cursor is None else decode_cursor(query.cursor)
         stem = query.id_prefix or ""
-        ids = {key[len(self._key(area, "")):]
+        ids = {self._name(area, key)
                for area in ("t", "p") for key in self._keys(self._key(area, stem))}
         found = []
         for item in self._map(self._labelled, sorted(ids)):
@@ -347,7 +356,7 @@ class S3ResultBackend(ResultBackend):
         found: dict[str, bytes] = {}
         for key, got in zip(keys, self._map(self._read, keys), strict=True):
             if got is not None and _live(got[1]):
-                found[key[len(base):]] = got[0]
+                found[self._name("e", key)] = got[0]
         return found
 
     def delete_entry(self, key: str) -> None:

@@ -134,6 +134,13 @@ class MongoErrors:
         if isinstance(exc, px.ConnectionFailure):  # AutoReconnect, timeouts, not primary
             raise ConnectionLostError(text) from exc
         code = getattr(exc, "code", None)
+        if isinstance(exc, px.BulkWriteError):
+            # A batch carries each refusal in its own write error; its own code says only
+            # "batch op errors occurred".
+            errors = exc.details.get("writeErrors") or [{}]
+            text = f"mongodb at {self._where}: {errors[0].get('errmsg', exc)}"
+            if {e.get("code") for e in errors} & _REFUSED_CODES:
+                raise ValueRefusedError(text) from exc
         if isinstance(exc, px.OperationFailure) and code in _AUTH_CODES:
             raise AuthenticationError(text) from exc
         if isinstance(exc, (px.DocumentTooLarge, BSONError)) or code in _REFUSED_CODES:

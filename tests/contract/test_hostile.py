@@ -54,10 +54,6 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
 #: (driver module, what) -> the finding. Such a case is an xfail while the driver raises
 #: something else than a clear refusal, and a pass once it is fixed.
 KNOWN_GAPS = {
-    ("conveyor.brokers.mongodb", "oversized body"):
-        "an over-16 MiB body raises DriverError (BulkWriteError), not ValueRefusedError",
-    ("conveyor.backends.s3", "odd task id"):
-        "a task id with a line break gives a 404 on PutObject (DriverError)",
 }
 
 
