@@ -18,7 +18,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
@@ -29,6 +29,9 @@ from conveyor.exceptions import ConnectionLostError
 from conveyor.registry import backend_from_url, broker_from_url
 from conveyor.testing.backend import BackendFixtures
 from conveyor.testing.broker import BrokerFixtures
+
+#: A driver: a broker or a result backend.
+D = TypeVar("D", Broker, ResultBackend)
 
 #: Longest a call on an unreachable server may take to raise (seconds).
 OUTAGE_BOUND = 20.0
@@ -97,6 +100,22 @@ def _dead_url(request: pytest.FixtureRequest, fixture: str, in_process: bool) ->
                     "a closed port, to test its error translation")
 
 
+def _built_dead(build: Callable[[str], D], url: str) -> Iterator[D | None]:
+    """Yield the driver built from ``url`` and close it afterwards; yield None when building
+    it already raised ConnectionLostError (refusing to start is a right answer too: the
+    tests then have nothing to call). Any other error at build time fails the test."""
+    built: list[D] = []
+    exc = _outcome(lambda: built.append(build(url)))
+    if exc is not None:
+        assert isinstance(exc, ConnectionLostError), (
+            f"building the driver for an unreachable server raised "
+            f"{type(exc).__qualname__}: {exc}; raise ConnectionLostError or connect lazily")
+        yield None
+        return
+    yield built[0]
+    _outcome(built[0].close)
+
+
 class BrokerOutageContract(BrokerFixtures):
     """ping, enqueue, reserve, stats and purge on an unreachable broker raise
     ConnectionLostError, promptly."""
@@ -108,17 +127,7 @@ class BrokerOutageContract(BrokerFixtures):
         None when building it already raised ConnectionLostError."""
         url = _dead_url(request, "unreachable_broker_url",
                         not broker.capabilities.shared_between_processes)
-        built: list[Broker] = []
-        exc = _outcome(lambda: built.append(broker_from_url(url)))
-        if exc is not None:
-            # Refusing to start is a right answer too; the tests then have nothing to call.
-            assert isinstance(exc, ConnectionLostError), (
-                f"building the driver for an unreachable server raised "
-                f"{type(exc).__qualname__}: {exc}; raise ConnectionLostError or connect lazily")
-            yield None
-            return
-        yield built[0]
-        _outcome(built[0].close)
+        yield from _built_dead(broker_from_url, url)
 
     def test_ping_raises_connection_lost_when_the_server_is_unreachable(
             self, dead_broker: Broker | None) -> None:
@@ -155,17 +164,7 @@ class BackendOutageContract(BackendFixtures):
         None when building it already raised ConnectionLostError."""
         url = _dead_url(request, "unreachable_backend_url",
                         not backend.capabilities.shared_between_processes)
-        built: list[ResultBackend] = []
-        exc = _outcome(lambda: built.append(backend_from_url(url)))
-        if exc is not None:
-            # Refusing to start is a right answer too; the tests then have nothing to call.
-            assert isinstance(exc, ConnectionLostError), (
-                f"building the driver for an unreachable server raised "
-                f"{type(exc).__qualname__}: {exc}; raise ConnectionLostError or connect lazily")
-            yield None
-            return
-        yield built[0]
-        _outcome(built[0].close)
+        yield from _built_dead(backend_from_url, url)
 
     def test_ping_raises_connection_lost_when_the_server_is_unreachable(
             self, dead_backend: ResultBackend | None) -> None:
