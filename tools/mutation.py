@@ -2,15 +2,19 @@
 
     pip install 'conveyor[mutation]'
     python tools/mutation.py memory-broker [memory-backend ...] [--sample N] [--budget SECONDS]
+                                           [--seed 15] [--commit REV]
                                            [--json bench/mutation-results.json]
 
 Slow (each surviving mutant costs a full contract run), so it is not part of CI. It never
-touches the working tree: the committed files (``git archive HEAD``) are unpacked into a
+touches the working tree: the committed files of one commit (``git archive REV``, HEAD by
+default, resolved once so that concurrent commits do not move it) are unpacked into a
 temporary directory, laid out as the ``conveyor`` package there and put first on
 ``PYTHONPATH``, so the mutants shadow the installed package only inside the runs it starts.
 cosmic-ray mutates the driver file of that copy, one mutant at a time, and runs the target's
 contract tests (``pytest -x``: the first failing test kills the mutant). With ``--budget`` the
-run stops after that many seconds and the kill rate covers the mutants that ran.
+run stops after that many seconds and the kill rate covers the mutants that ran. Mutants inside
+annotations are left out before sampling (every driver has ``from __future__ import
+annotations``: they are never evaluated, so those mutants are equivalent by construction).
 
 The report lists every surviving mutant (operator, line, diff) to be killed by a new test or
 argued equivalent.
@@ -19,6 +23,7 @@ argued equivalent.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import random
@@ -48,12 +53,25 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
                      ["tests/contract/test_redis.py", "-k", "TestRedisBroker"]),
     "redis-backend": ("backends/redis.py",
                       ["tests/contract/test_redis.py", "-k", "TestRedisResultBackend"]),
+    "mongodb-broker": ("brokers/mongodb.py",
+                       ["tests/contract/test_mongodb.py", "-k", "TestMongoBroker"]),
+    "mongodb-backend": ("backends/mongodb.py",
+                        ["tests/contract/test_mongodb.py", "-k", "TestMongoResultBackend"]),
+    "sqs-broker": ("brokers/sqs.py", ["tests/contract/test_aws.py", "-k", "TestSQSBroker"]),
+    "s3-backend": ("backends/s3.py",
+                   ["tests/contract/test_aws.py", "-k", "TestS3ResultBackend"]),
 }
 
 
-def _copy_tree(dest: Path) -> Path:
-    """Unpack HEAD into ``dest`` and lay out ``dest/pkg/conveyor`` as the package maps it."""
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", "HEAD"], check=True,
+def _resolve(commit: str) -> str:
+    """The full id of ``commit`` (a branch or ``HEAD`` moves while a long run goes on)."""
+    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", commit + "^{commit}"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _copy_tree(dest: Path, commit: str) -> Path:
+    """Unpack ``commit`` into ``dest``; lay out ``dest/pkg/conveyor`` as the package maps it."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], check=True,
                              capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     package = dest / "pkg" / "conveyor"
@@ -90,37 +108,77 @@ def _results(session: Path) -> list[dict[str, object]]:
             for op, line, outcome, diff, worker in rows]
 
 
-def _sample(session: Path, size: int, seed: int) -> None:
-    """Keep a uniform random sample of ``size`` mutants; mark the others skipped, which
-    ``cosmic-ray exec`` leaves alone (a full run of a driver takes hours)."""
+def _annotation_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """(start, end) positions (line, column) of every annotation in a module that has
+    ``from __future__ import annotations``; none otherwise.
+
+    Such annotations are never evaluated (they stay strings), so a mutant inside one (``X |
+    None`` -> ``X + None``) is equivalent by construction: running it costs a full contract
+    run and tells nothing.
+    """
+    tree = ast.parse(source)
+    future = any(isinstance(n, ast.ImportFrom) and n.module == "__future__"
+                 and any(a.name == "annotations" for a in n.names) for n in tree.body)
+    if not future:
+        return []
+    spans = []
+    for node in ast.walk(tree):
+        notes: list[ast.expr | None] = []
+        if isinstance(node, ast.arg):
+            notes.append(node.annotation)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            notes.append(node.returns)
+        elif isinstance(node, ast.AnnAssign):
+            notes.append(node.annotation)
+        for note in notes:
+            if note is not None and note.end_lineno is not None:
+                spans.append(((note.lineno, note.col_offset),
+                              (note.end_lineno, note.end_col_offset or 0)))
+    return spans
+
+
+def _in_annotation(spans: list[tuple[tuple[int, int], tuple[int, int]]],
+                   start: tuple[int, int], end: tuple[int, int]) -> bool:
+    return any(a <= start and end <= b for a, b in spans)
+
+
+def _sample(session: Path, source: str, size: int | None, seed: int) -> int:
+    """Leave out mutants inside annotations, then keep a uniform random sample of ``size`` of
+    the rest (all of them when ``size`` is None); mark the others skipped, which ``cosmic-ray
+    exec`` leaves alone (a full run of a driver takes hours). Returns how many mutants were
+    left out as annotations."""
     db = sqlite3.connect(session)
+    spans = _annotation_spans(source)
     # In source order, not by job id (random per init): one seed draws the same mutants
-    # from the same file.
-    jobs = [j for (j,) in db.execute(
-        "SELECT job_id FROM mutation_specs ORDER BY start_pos_row, start_pos_col, "
-        "operator_name, occurrence")]
-    keep = set(random.Random(seed).sample(jobs, min(size, len(jobs))))
+    # from the same file. cosmic-ray's rows are 1-based, its columns 0-based, as ast's.
+    rows = db.execute(
+        "SELECT job_id, start_pos_row, start_pos_col, end_pos_row, end_pos_col "
+        "FROM mutation_specs ORDER BY start_pos_row, start_pos_col, operator_name, "
+        "occurrence").fetchall()
+    jobs = [j for j, r0, c0, r1, c1 in rows if not _in_annotation(spans, (r0, c0), (r1, c1))]
+    annotations = len(rows) - len(jobs)
+    keep = set(jobs if size is None else random.Random(seed).sample(jobs, min(size, len(jobs))))
     db.executemany("INSERT INTO work_results (job_id, worker_outcome) VALUES (?, 'SKIPPED')",
-                   [(j,) for j in jobs if j not in keep])
+                   [(j,) for j, *_ in rows if j not in keep])
     db.commit()
     db.close()
+    return annotations
 
 
-def run(target: str, budget: float | None, per_mutant: float, sample: int | None,
-        seed: int) -> dict[str, object]:
-    """Mutation-test one target; return its summary and surviving mutants."""
+def run(target: str, *, budget: float | None, per_mutant: float, sample: int | None,
+        seed: int, commit: str) -> dict[str, object]:
+    """Mutation-test one target at ``commit``; return its summary and surviving mutants."""
     module, tests = TARGETS[target]
     with tempfile.TemporaryDirectory(prefix="conveyor-mutation-") as scratch:
         work = Path(scratch)
-        pkg = _copy_tree(work)
+        pkg = _copy_tree(work, commit)
         config = _config(work, module, tests, per_mutant)
         # The test runs inherit it: `conveyor` is the copy's, mutant included.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(pkg), str(work), os.environ.get("PYTHONPATH", "")])}
         session = work / "session.sqlite"
         subprocess.run(["cosmic-ray", "init", str(config), str(session)], cwd=work, check=True)
-        if sample is not None:
-            _sample(session, sample, seed)
+        annotations = _sample(session, (work / module).read_text(), sample, seed)
         started = time.monotonic()
         proc = subprocess.Popen(["cosmic-ray", "exec", str(config), str(session)], cwd=work,
                                 env=env, start_new_session=True)
@@ -134,8 +192,9 @@ def run(target: str, budget: float | None, per_mutant: float, sample: int | None
     ran = [m for m in mutants if m["outcome"] in ("killed", "survived")]
     skipped = sum(m["worker"] == "skipped" for m in mutants)
     killed = sum(m["outcome"] == "killed" for m in ran)
-    return {"target": target, "file": module, "tests": " ".join(tests),
-            "mutants": len(mutants), "sampled_out": skipped, "ran": len(ran), "killed": killed,
+    return {"target": target, "file": module, "commit": commit, "tests": " ".join(tests),
+            "mutants": len(mutants), "in_annotations": annotations,
+            "sampled_out": skipped - annotations, "ran": len(ran), "killed": killed,
             "survived": len(ran) - killed, "seconds": round(elapsed),
             "kill_rate": round(killed / len(ran), 3) if ran else None,
             "survivors": [m for m in ran if m["outcome"] == "survived"]}
@@ -153,17 +212,24 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=None,
                         help="run only this many mutants, drawn uniformly at random")
     parser.add_argument("--seed", type=int, default=15, help="seed of the sample")
+    parser.add_argument("--commit", default="HEAD",
+                        help="the commit whose files are mutated and tested (default HEAD, "
+                             "resolved once at the start)")
     parser.add_argument("--json", type=Path, default=None, help="write the summaries here")
     args = parser.parse_args()
-    summaries = [run(t, args.budget, args.per_mutant, args.sample, args.seed)
-                 for t in args.targets]
+    commit = _resolve(args.commit)
+    summaries = []
+    for target in args.targets:
+        summaries.append(run(target, budget=args.budget, per_mutant=args.per_mutant,
+                             sample=args.sample, seed=args.seed, commit=commit))
+        if args.json:  # after each target, so a long run's finished targets are kept
+            args.json.write_text(json.dumps(summaries, indent=2))
     for s in summaries:
-        print(f"{s['target']}: {s['killed']}/{s['ran']} killed "
-              f"({s['kill_rate']}), {s['mutants']} mutants in all, {s['seconds']} s")
+        print(f"{s['target']} @ {commit[:7]}: {s['killed']}/{s['ran']} killed "
+              f"({s['kill_rate']}), {s['mutants']} mutants in all "
+              f"({s['in_annotations']} in annotations, left out), {s['seconds']} s")
         for m in s["survivors"]:  # type: ignore[attr-defined]
             print(f"  survived: line {m['line']} {m['operator']}\n{m['diff']}")
-    if args.json:
-        args.json.write_text(json.dumps(summaries, indent=2))
 
 
 if __name__ == "__main__":
