@@ -276,12 +276,14 @@ class Conveyor:
                       eta: datetime | str | float | None = None,
                       expires: datetime | str | float | None = None, queue: str | None = None,
                       task_id: str | None = None, max_retries: int | None = None,
-                      priority: int | None = None, **extra: Any) -> Outgoing:
+                      priority: int | None = None, argsrepr: str | None = None,
+                      kwargsrepr: str | None = None, **extra: Any) -> Outgoing:
         """Validate options and encode arguments into an :class:`Outgoing` message.
 
         ``countdown``: seconds to wait; ``eta``: when to run (a datetime, naive meaning local
         time, an ISO 8601 string, or epoch seconds); ``expires``: seconds from now or a point
-        in time (see :mod:`conveyor.timing`).
+        in time (see :mod:`conveyor.timing`); ``argsrepr``/``kwargsrepr``: what logs and the
+        dashboard show instead of the arguments.
 
         Raises :class:`TaskOptionError` or :class:`SerializationError`; sends nothing.
         """
@@ -305,6 +307,11 @@ class Conveyor:
             extra["priority"] = check_priority(priority)
         if not isinstance(queue, str) or not queue.strip():
             raise TaskOptionError("queue name must be a non-empty string")
+        for label, shown in (("argsrepr", argsrepr), ("kwargsrepr", kwargsrepr)):
+            if shown is not None:
+                if not isinstance(shown, str):
+                    raise TaskOptionError(f"{label} must be a string, not {type(shown).__name__}")
+                extra[label] = shown
         content_type, packed_args, packed_kwargs = Message.pack_arguments(
             self.task_codec, list(args or ()), dict(kwargs or {}))
         msg = Message(id=new_id() if task_id is None else check_task_id(task_id), task=name,

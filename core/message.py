@@ -45,6 +45,10 @@ class Message:
     #: Where the task sits in a workflow (root id, chord it joins, link/link_error
     #: callbacks); read only by :mod:`conveyor.canvas.followups`.
     canvas: dict[str, Any] | None = None
+    #: What to show instead of the arguments (Celery's ``argsrepr``/``kwargsrepr``): logs
+    #: and the dashboard print these; the worker runs the real ones.
+    argsrepr: str | None = None
+    kwargsrepr: str | None = None
 
     def encode(self, signer: Signer) -> bytes:
         """Wire bytes of this message (signed when ``signer`` has a key).
@@ -81,6 +85,10 @@ class Message:
             data["priority"] = self.priority
         if self.canvas:
             data["canvas"] = self.canvas
+        if self.argsrepr is not None:
+            data["argsrepr"] = self.argsrepr
+        if self.kwargsrepr is not None:
+            data["kwargsrepr"] = self.kwargsrepr
         return signer.sign(dumps_json(data))
 
     @classmethod

@@ -197,12 +197,14 @@ class Task(Generic[P, R]):
                     expires: datetime | str | float | None = None, queue: str | None = None,
                     task_id: str | None = None, max_retries: int | None = None,
                     priority: int | None = None, link: Any = None,
-                    link_error: Any = None) -> AsyncResult[R]:
+                    link_error: Any = None, argsrepr: str | None = None,
+                    kwargsrepr: str | None = None) -> AsyncResult[R]:
         """Send the task. ``countdown``: seconds from now (a number); ``eta``: a datetime
         (naive means local time), an ISO 8601 string or epoch seconds; ``expires``: seconds
         from now or a point in time after which it is not run (see :mod:`conveyor.timing`).
         ``link`` / ``link_error``: a signature or a list of them, run with the result /
-        on failure (see :meth:`Signature.link`).
+        on failure (see :meth:`Signature.link`). ``argsrepr`` / ``kwargsrepr``: what logs
+        and the dashboard show instead of the arguments (Celery's options of those names).
 
         Raises :class:`~conveyor.exceptions.TaskOptionError` (one line naming the argument) for
         a countdown that is no number or negative, an eta/expires of the wrong type or in the
@@ -214,12 +216,14 @@ class Task(Generic[P, R]):
 
             return send_linked(self, args, kwargs, link=link, link_error=link_error,
                                countdown=countdown, eta=eta, expires=expires, queue=queue,
-                               task_id=task_id, max_retries=max_retries, priority=priority)
+                               task_id=task_id, max_retries=max_retries, priority=priority,
+                               argsrepr=argsrepr, kwargsrepr=kwargsrepr)
         return self.app.send_task(
             self.name, args, kwargs, countdown=countdown, eta=eta,
             expires=expires if expires is not None else self.expires,
             queue=queue or self.queue, task_id=task_id, max_retries=max_retries,
-            priority=priority if priority is not None else self.priority)
+            priority=priority if priority is not None else self.priority,
+            argsrepr=argsrepr, kwargsrepr=kwargsrepr)
 
     def apply(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
               **options: Any) -> Any:
