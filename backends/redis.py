@@ -65,25 +65,30 @@ _INLINE_MAX = 65536
 # Stores one or more records, each atomically with these rules: nothing replaces a terminal
 # record (first terminal write wins), and PENDING replaces nothing (it must not hide a
 # worker's progress). A terminal write leaves a "done" token that wakes waiters.
-# The store script without the query index (``query_index`` off, the default): the same rules,
-# two fields per record, nothing else.
 # KEYS: result_1, done_1, result_2, done_2, ...
-# ARGV: ttl_ms (0: never expires), done_ttl_ms, state_1, data_1, state_2, data_2, ...
-_STORE_PLAIN = """
+# ARGV: ttl_ms (0: never expires), done_ttl_ms, then per record: state, data.
+# With the query index (see the module doc) a written record is also (re)scored in the
+# indexes: ARGV gains, after done_ttl_ms, the index key prefix and the length of the result
+# key prefix, and per record a third value, the JSON array [name, queue, worker].
+# Returns a list with 1 (written) or 0 per record.
+_STORE_TEMPLATE = """
 local terminal = {@TERMINAL@}
 local ttl = tonumber(ARGV[1])
 local done_ttl = tonumber(ARGV[2])
 if ttl > 0 then done_ttl = math.min(done_ttl, ttl) end
+@INDEX_SETUP@
 local written = {}
 for i = 1, #KEYS / 2 do
   local result, done = KEYS[2 * i - 1], KEYS[2 * i]
-  local state, data = ARGV[2 * i + 1], ARGV[2 * i + 2]
+  local at = @FIRST@ + (i - 1) * @STRIDE@
+  local state, data = ARGV[at], ARGV[at + 1]
   local current = redis.call('HGET', result, 'state')
   if current and (terminal[current] or state == 'PENDING') then
     written[i] = 0
   else
-    redis.call('HSET', result, 'state', state, 'data', data)
+    @WRITE@
     if ttl > 0 then redis.call('PEXPIRE', result, ttl) else redis.call('PERSIST', result) end
+    @INDEX_WRITE@
     if terminal[state] then
       -- The token carries the record itself when small, so a woken waiter needs no second
       -- read. It never outlives the record: a token without one would make waiters spin.
@@ -99,21 +104,11 @@ for i = 1, #KEYS / 2 do
   end
 end
 return written
-""".replace("@INLINE@", str(_INLINE_MAX)).replace(
-    "@TERMINAL@", ", ".join(f"[{s!r}] = true" for s in sorted(READY_STATES)))
+"""
 
-# A written record is also (re)scored in the query indexes (see the module doc).
-# KEYS: result_1, done_1, result_2, done_2, ...
-# ARGV: ttl_ms (0: never expires), done_ttl_ms, index key prefix, length of the result key
-# prefix, then per record: state, data, and the JSON array [name, queue, worker].
-# Returns a list with 1 (written) or 0 per record.
-_STORE = """
-local terminal = {@TERMINAL@}
-local ttl = tonumber(ARGV[1])
-local done_ttl = tonumber(ARGV[2])
+_INDEX_SETUP = """
 local idx = ARGV[3]
 local skip = tonumber(ARGV[4])
-if ttl > 0 then done_ttl = math.min(done_ttl, ttl) end
 local clock = redis.call('TIME')
 local now = string.format('%d.%06d', clock[1], clock[2])
 local cutoff = false
@@ -122,39 +117,35 @@ local function score(key, id, trim)
   redis.call('ZADD', key, now, id)
   if trim then redis.call('ZREMRANGEBYSCORE', key, '-inf', cutoff) end
 end
-local written = {}
-for i = 1, #KEYS / 2 do
-  local result, done = KEYS[2 * i - 1], KEYS[2 * i]
-  local state, data = ARGV[3 * i + 2], ARGV[3 * i + 3]
-  local current = redis.call('HGET', result, 'state')
-  if current and (terminal[current] or state == 'PENDING') then
-    written[i] = 0
-  else
-    redis.call('HSET', result, 'state', state, 'data', data, 'm', ARGV[3 * i + 4])
-    if ttl > 0 then redis.call('PEXPIRE', result, ttl) else redis.call('PERSIST', result) end
+"""
+
+_INDEX_WRITE = """
     local id = string.sub(result, skip + 1)
     -- Trimming now and then bounds the indexes at a fraction of the cost of every time.
     local trim = cutoff and terminal[state] and tonumber(clock[2]) % 16 == 0
     score(idx .. 'all', id, trim)
     if current and current ~= state then redis.call('ZREM', idx .. 'state:' .. current, id) end
     score(idx .. 'state:' .. state, id, trim)
-    if terminal[state] then
-      -- The token carries the record itself when small, so a woken waiter needs no second
-      -- read. It never outlives the record: a token without one would make waiters spin.
-      redis.call('DEL', done)
-      if #data <= @INLINE@ then
-        redis.call('RPUSH', done, state .. '\\n' .. data)
-      else
-        redis.call('RPUSH', done, '1')
-      end
-      redis.call('PEXPIRE', done, done_ttl)
-    end
-    written[i] = 1
-  end
-end
-return written
-""".replace("@INLINE@", str(_INLINE_MAX)).replace(
-    "@TERMINAL@", ", ".join(f"[{s!r}] = true" for s in sorted(READY_STATES)))
+"""
+
+
+def _store_script(*, indexed: bool) -> str:
+    """The store script, with or without maintaining the query indexes."""
+    parts = {
+        "@TERMINAL@": ", ".join(f"[{s!r}] = true" for s in sorted(READY_STATES)),
+        "@INLINE@": str(_INLINE_MAX),
+        "@INDEX_SETUP@": _INDEX_SETUP if indexed else "",
+        "@INDEX_WRITE@": _INDEX_WRITE if indexed else "",
+        "@FIRST@": "5" if indexed else "3",
+        "@STRIDE@": "3" if indexed else "2",
+        "@WRITE@": ("redis.call('HSET', result, 'state', state, 'data', data, 'm', ARGV[at + 2])"
+                    if indexed else "redis.call('HSET', result, 'state', state, 'data', data)"),
+    }
+    script = _STORE_TEMPLATE
+    for marker, text in parts.items():
+        script = script.replace(marker, text)
+    return script
+
 
 # One page of a query: walks one index newest first from a position, testing each live
 # record against the filters; drops members whose record is gone. Bounded by a budget of
@@ -311,7 +302,7 @@ class RedisResultBackend(ResultBackend):
         self._done = f"{prefix}done:"
         self._errors = RedisErrors(url)
         self._client = make_client(url, **options)
-        self._store = self._client.register_script(_STORE if self._indexed else _STORE_PLAIN)
+        self._store = self._client.register_script(_store_script(indexed=self._indexed))
         self._join = self._client.register_script(_JOIN)
         self._entries = self._client.register_script(_ENTRIES)
         self._query = self._client.register_script(_QUERY)
@@ -430,7 +421,7 @@ class RedisResultBackend(ResultBackend):
             with self._errors:
                 token = self._client.blmove(done, done, seconds, "LEFT", "LEFT")
             raw = cast("bytes | None", token)  # the client returns bytes, never str
-            if raw and b"\n" in raw:  # the record itself (see _STORE)
+            if raw and b"\n" in raw:  # the record itself (see _STORE_TEMPLATE)
                 state, _, data = raw.partition(b"\n")
                 return StoredRecord(task_id, state.decode(), data)
 
