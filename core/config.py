@@ -38,6 +38,10 @@ class Settings:
     #: Write a PENDING record at send time, so a queued task is told apart from an unknown id.
     task_store_pending: bool = True
     task_track_started: bool = True
+    #: Keep each task's arguments in its record (as Celery's ``result_extended``), so the
+    #: dashboard shows them and can re-send any failed task; ``argsrepr``/``kwargsrepr``
+    #: replace what is shown, not what is stored.
+    result_extended: bool = False
     #: The longest a producer's interpreter exit waits for PENDING records to be written
     #: (seconds); what is still unwritten then is dropped, and logged once.
     task_pending_exit_timeout: float = 3.0

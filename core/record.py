@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.backend import StoredRecord
 from conveyor.exceptions import MessageDecodeError, RemoteTaskError
 from conveyor.serialization import Codec, dumps_json, loads_json
+
+if TYPE_CHECKING:
+    from conveyor.message import Message
 
 
 @dataclass
@@ -57,6 +60,18 @@ class TaskRecord:
     #: Ids of what this task started on success: its chain's next step (a group's id for
     #: a group or chord), its callbacks. Read by ``AsyncResult.children`` and the CLI.
     children: list[str] = field(default_factory=list)
+    #: When the producer sent the task and when it was due (a countdown, eta or retry
+    #: delay): the dashboard's wait time is the last attempt's start minus the later one.
+    sent_at: float | None = None
+    eta: float | None = None
+    #: With ``result_extended``: the arguments as the message carried them (``args_type``
+    #: says how they are encoded, as ``Message.content_type``), and the ``argsrepr`` /
+    #: ``kwargsrepr`` shown instead of them when the sender gave those.
+    args: Any = None
+    kwargs: Any = None
+    args_type: str | None = None
+    argsrepr: str | None = None
+    kwargsrepr: str | None = None
 
     def to_stored(self) -> StoredRecord:
         """Encode for a backend driver."""
@@ -102,6 +117,16 @@ class TaskRecord:
         except Exception:
             pass
         return RemoteTaskError(type_name, message)
+
+
+def request_fields(msg: Message, *, extended: bool) -> dict[str, Any]:
+    """The record fields a worker copies from the message it runs: when it was sent and
+    due, and with ``extended`` (the ``result_extended`` setting) its arguments."""
+    found: dict[str, Any] = {"sent_at": msg.sent_at or None, "eta": msg.eta}
+    if extended:
+        found.update(args=msg.args, kwargs=msg.kwargs, args_type=msg.content_type,
+                     argsrepr=msg.argsrepr, kwargsrepr=msg.kwargsrepr)
+    return found
 
 
 _FIELDS: tuple[str, ...] = tuple(f.name for f in fields(TaskRecord))
