@@ -33,7 +33,7 @@ from conveyor.exceptions import (
 )
 from conveyor.message import Message
 from conveyor.ratelimit import RateLimiter
-from conveyor.record import Attempt, TaskRecord
+from conveyor.record import Attempt, TaskRecord, request_fields
 from conveyor.states import FAILURE, RETRY, REVOKED, STARTED, SUCCESS
 from conveyor.task import Request, Task
 from conveyor.worker import hooks
@@ -481,7 +481,8 @@ class TaskRunner:
             date_done=now if state in (SUCCESS, FAILURE, REVOKED) else None,
             parent=msg.parent, group=msg.group,
             error_type=error[0] if error else None, error_message=error[1] if error else None,
-            traceback=traceback_text)
+            traceback=traceback_text,
+            **request_fields(msg, extended=self.app.conf.result_extended))
 
     def _store(self, record: TaskRecord) -> bool:
         stored = record.to_stored()
