@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from conveyor.canvas.signature import Signature, link_lists, to_dict
 from conveyor.exceptions import TaskOptionError
@@ -34,7 +34,27 @@ def _first_app(members: Iterable[Signature]) -> Conveyor | None:
     return next((m.app for m in members if m.app is not None), None)
 
 
-class chain(Signature):  # noqa: N801 - Celery's name
+class _Composite(Signature):
+    """A signature made of member signatures (chain, group): what both do alike."""
+
+    tasks: list[Signature]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        data["kwargs"] = {"tasks": [to_dict(t) for t in self.tasks]}
+        return data
+
+    def bind(self, app: Conveyor) -> Self:
+        super().bind(app)
+        for t in self.tasks:
+            t.bind(app)
+        return self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.apply_async(args, kwargs)
+
+
+class chain(_Composite):  # noqa: N801 - Celery's name
     """Run signatures one after another, each getting the previous result first.
 
     ``chain(a.s(1), b.s())()`` (or ``a.s(1) | b.s()``) returns the last task's AsyncResult;
@@ -59,17 +79,6 @@ class chain(Signature):  # noqa: N801 - Celery's name
     def __repr__(self) -> str:
         return " | ".join(repr(t) for t in self.tasks) or "chain()"
 
-    def to_dict(self) -> dict[str, Any]:
-        data = super().to_dict()
-        data["kwargs"] = {"tasks": [to_dict(t) for t in self.tasks]}
-        return data
-
-    def bind(self, app: Conveyor) -> chain:
-        super().bind(app)
-        for t in self.tasks:
-            t.bind(app)
-        return self
-
     def clone(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
               **options: Any) -> chain:
         new = copy.copy(self)
@@ -85,9 +94,6 @@ class chain(Signature):  # noqa: N801 - Celery's name
         return chain(*self.tasks, other, app=self.app) if not self.options else chain(
             self, other)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.apply_async(args, kwargs)
-
     def link_error(self, errback: Signature) -> Signature:
         """Run ``errback`` when any step fails (it is set on every step, as in Celery)."""
         for t in self.tasks:
@@ -101,7 +107,7 @@ class chain(Signature):  # noqa: N801 - Celery's name
         return callback
 
 
-class group(Signature):  # noqa: N801 - Celery's name
+class group(_Composite):  # noqa: N801 - Celery's name
     """Run signatures in parallel; ``group(...)()`` returns a GroupResult in member order.
 
     Members may be chains, groups or chords: each member's result is its final value (a
@@ -131,17 +137,6 @@ class group(Signature):  # noqa: N801 - Celery's name
         value = self.options.get("group_id")
         return str(value) if value is not None else None
 
-    def to_dict(self) -> dict[str, Any]:
-        data = super().to_dict()
-        data["kwargs"] = {"tasks": [to_dict(t) for t in self.tasks]}
-        return data
-
-    def bind(self, app: Conveyor) -> group:
-        super().bind(app)
-        for t in self.tasks:
-            t.bind(app)
-        return self
-
     def clone(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
               **options: Any) -> group:
         new = copy.copy(self)
@@ -153,9 +148,6 @@ class group(Signature):  # noqa: N801 - Celery's name
         if not isinstance(other, Signature):
             return NotImplemented
         return chord(self, other, app=self.app)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.apply_async(args, kwargs)
 
     def link(self, callback: Signature) -> Signature:
         """Run ``callback`` after each member (as Celery); for one call with all results
