@@ -48,6 +48,16 @@ class BrokerCapabilities:
     #: Largest message body in bytes the broker takes (``None``: no fixed limit). The core
     #: refuses a larger one at send time with an error naming the limit.
     max_message_size: int | None = None
+    #: ``enqueue``/``enqueue_many`` take ``message_group=`` (a string): on a queue that keeps
+    #: order per group (an SQS FIFO queue), messages of one group are delivered in the order
+    #: sent, one at a time. Only brokers declaring it are passed the keyword, and only for a
+    #: message sent with a group (``apply_async(message_group=...)`` or the task's option).
+    message_groups: bool = False
+    #: Longest ``reserve`` wait (seconds) worth making while idle, for brokers that bill or
+    #: cost per request (SQS: one long poll per 20 s). The worker waits this long instead of
+    #: ``worker_poll_wait`` when it is longer, and calls :meth:`Broker.wake` on shutdown so
+    #: the wait never delays it. ``None``: the worker's ``worker_poll_wait``.
+    idle_wait: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +183,13 @@ class Broker(ABC):
     def queues(self) -> list[str]:
         """Names of queues the broker knows about (best effort; may be empty)."""
         return []
+
+    def wake(self) -> None:  # noqa: B027 - optional hook
+        """Make every ``reserve`` of this instance blocked now return promptly (with what it
+        holds, usually ``[]``); later calls wait as usual. Safe from any thread and from a
+        signal handler. Brokers declaring ``idle_wait`` must implement it; a message an
+        abandoned request still takes must not be lost (its lease lapses and it comes back).
+        """
 
     def ping(self) -> None:
         """Raise a :class:`~conveyor.exceptions.DriverError` when the server is unreachable."""
