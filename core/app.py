@@ -51,6 +51,15 @@ def _check_sizes(batch: list[Outgoing], bodies: list[bytes], limit: int) -> None
                 "reference")
 
 
+def _check_group(group: Any) -> str:
+    """``message_group`` as SQS takes a MessageGroupId: 1-128 printable ASCII characters."""
+    if (not isinstance(group, str) or not 1 <= len(group) <= 128
+            or not all("!" <= c <= "~" for c in group)):
+        raise TaskOptionError(f"message_group={group!r} is invalid: give a string of 1 to 128 "
+                              "printable ASCII characters without spaces")
+    return group
+
+
 @dataclass(slots=True)
 class Outgoing:
     """A message ready to publish: the queue it goes to and its delay in seconds."""
@@ -277,13 +286,15 @@ class Conveyor:
                       expires: datetime | str | float | None = None, queue: str | None = None,
                       task_id: str | None = None, max_retries: int | None = None,
                       priority: int | None = None, argsrepr: str | None = None,
-                      kwargsrepr: str | None = None, **extra: Any) -> Outgoing:
+                      kwargsrepr: str | None = None, message_group: str | None = None,
+                      **extra: Any) -> Outgoing:
         """Validate options and encode arguments into an :class:`Outgoing` message.
 
         ``countdown``: seconds to wait; ``eta``: when to run (a datetime, naive meaning local
         time, an ISO 8601 string, or epoch seconds); ``expires``: seconds from now or a point
         in time (see :mod:`conveyor.timing`); ``argsrepr``/``kwargsrepr``: what logs and the
-        dashboard show instead of the arguments.
+        dashboard show instead of the arguments; ``message_group``: the key whose messages
+        a broker declaring ``message_groups`` (an SQS FIFO queue) delivers in send order.
 
         Raises :class:`TaskOptionError` or :class:`SerializationError`; sends nothing.
         """
@@ -307,6 +318,8 @@ class Conveyor:
             extra["priority"] = check_priority(priority)
         if not isinstance(queue, str) or not queue.strip():
             raise TaskOptionError("queue name must be a non-empty string")
+        if message_group is not None:
+            extra["message_group"] = _check_group(message_group)
         for label, shown in (("argsrepr", argsrepr), ("kwargsrepr", kwargsrepr)):
             if shown is not None:
                 if not isinstance(shown, str):
@@ -376,16 +389,21 @@ class Conveyor:
         largest = self.broker.capabilities.max_message_size
         if largest is not None:
             _check_sizes(batch, bodies, largest)
-        # Only brokers that declare priorities are given one: others' enqueue lacks it.
+        # Only brokers that declare priorities (message groups) are given one: others'
+        # enqueue lacks the keyword.
         ranked = self.broker.capabilities.priorities
-        buckets: dict[tuple[str, float, int], list[bytes]] = defaultdict(list)
+        grouped = self.broker.capabilities.message_groups
+        buckets: dict[tuple[str, float, int, str | None], list[bytes]] = defaultdict(list)
         for o, body in zip(batch, bodies, strict=True):
             delay = o.delay if limit is None else min(o.delay, limit)
-            buckets[(o.queue, delay, o.message.priority if ranked else 0)].append(body)
-        for (queue, delay, priority), same in buckets.items():
+            buckets[(o.queue, delay, o.message.priority if ranked else 0,
+                     o.message.message_group if grouped else None)].append(body)
+        for (queue, delay, priority, group), same in buckets.items():
             opts: dict[str, Any] = {"delay": delay}
             if priority:
                 opts["priority"] = priority
+            if group is not None:
+                opts["message_group"] = group
             if len(same) == 1:
                 self._retrying(self.broker.enqueue, queue, same[0], **opts)
             else:

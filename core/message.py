@@ -49,6 +49,9 @@ class Message:
     #: and the dashboard print these; the worker runs the real ones.
     argsrepr: str | None = None
     kwargsrepr: str | None = None
+    #: The key whose messages a broker with ``capabilities.message_groups`` (an SQS FIFO
+    #: queue) delivers in send order; it travels with the message through retries.
+    message_group: str | None = None
 
     def encode(self, signer: Signer) -> bytes:
         """Wire bytes of this message (signed when ``signer`` has a key).
@@ -89,6 +92,8 @@ class Message:
             data["argsrepr"] = self.argsrepr
         if self.kwargsrepr is not None:
             data["kwargsrepr"] = self.kwargsrepr
+        if self.message_group is not None:
+            data["message_group"] = self.message_group
         return signer.sign(dumps_json(data))
 
     @classmethod

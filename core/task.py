@@ -72,7 +72,8 @@ class Task(Generic[P, R]):
                  ignore_result: bool = False, dead_letter_failures: bool | None = None,
                  acks_late: bool | None = None, retry_kwargs: dict[str, Any] | None = None,
                  priority: int | None = None, rate_limit: str | None = None,
-                 time_limit: float | None = None, soft_time_limit: float | None = None) -> None:
+                 time_limit: float | None = None, soft_time_limit: float | None = None,
+                 message_group: str | None = None) -> None:
         if fn is None:
             # A class-based task: the body is the subclass's ``run`` method.
             if type(self).run is Task.run:
@@ -89,6 +90,9 @@ class Task(Generic[P, R]):
         #: Options for the automatic retry of ``autoretry_for`` (countdown, max_retries, ...).
         self.retry_kwargs = dict(retry_kwargs or {})
         self.priority = check_priority(priority)
+        #: Default ``message_group`` of its messages (kept in order per group by a broker
+        #: declaring ``message_groups``, an SQS FIFO queue); ``apply_async`` overrides it.
+        self.message_group = message_group
         self.rate_limit = rate_limit
         #: Calls allowed per second across all workers (None: unlimited).
         self.rate: tuple[int, float] | None = parse_rate(rate_limit)
@@ -196,7 +200,8 @@ class Task(Generic[P, R]):
                     eta: datetime | str | float | None = None,
                     expires: datetime | str | float | None = None, queue: str | None = None,
                     task_id: str | None = None, max_retries: int | None = None,
-                    priority: int | None = None, link: Any = None,
+                    priority: int | None = None, message_group: str | None = None,
+                    link: Any = None,
                     link_error: Any = None, argsrepr: str | None = None,
                     kwargsrepr: str | None = None) -> AsyncResult[R]:
         """Send the task. ``countdown``: seconds from now (a number); ``eta``: a datetime
@@ -205,6 +210,9 @@ class Task(Generic[P, R]):
         ``link`` / ``link_error``: a signature or a list of them, run with the result /
         on failure (see :meth:`Signature.link`). ``argsrepr`` / ``kwargsrepr``: what logs
         and the dashboard show instead of the arguments (Celery's options of those names).
+        ``message_group``: messages of one group are delivered in send order by a broker
+        declaring ``message_groups`` (an SQS FIFO queue; kombu's ``MessageGroupId``); other
+        brokers ignore it.
 
         Raises :class:`~conveyor.exceptions.TaskOptionError` (one line naming the argument) for
         a countdown that is no number or negative, an eta/expires of the wrong type or in the
@@ -217,13 +225,15 @@ class Task(Generic[P, R]):
             return send_linked(self, args, kwargs, link=link, link_error=link_error,
                                countdown=countdown, eta=eta, expires=expires, queue=queue,
                                task_id=task_id, max_retries=max_retries, priority=priority,
-                               argsrepr=argsrepr, kwargsrepr=kwargsrepr)
+                               argsrepr=argsrepr, kwargsrepr=kwargsrepr,
+                               message_group=message_group)
         return self.app.send_task(
             self.name, args, kwargs, countdown=countdown, eta=eta,
             expires=expires if expires is not None else self.expires,
             queue=queue or self.queue, task_id=task_id, max_retries=max_retries,
             priority=priority if priority is not None else self.priority,
-            argsrepr=argsrepr, kwargsrepr=kwargsrepr)
+            argsrepr=argsrepr, kwargsrepr=kwargsrepr,
+            message_group=message_group if message_group is not None else self.message_group)
 
     def apply(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
               **options: Any) -> Any:

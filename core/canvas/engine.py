@@ -147,7 +147,8 @@ def push_down(sig: Signature, default_queue: str | None) -> None:
             s.options.update(inherited)
             task = s.app.tasks.get(s.task) if s.app is not None else None
             s.options.setdefault("queue", (task.queue if task is not None else None) or queue)
-            for default in ("expires", "priority"):  # the task's own, as its apply_async
+            # The task's own, as its apply_async.
+            for default in ("expires", "priority", "message_group"):
                 if task is not None and getattr(task, default, None) is not None:
                     s.options.setdefault(default, getattr(task, default))
             for name in LINK_OPTIONS:
