@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,3 +134,92 @@ def test_e2e_needs_both_urls(tmp_path: Path) -> None:
     run = conveyor("conformance", "--broker", f"sqlite:///{tmp_path / 'x.db'}", "--e2e")
     assert run.returncode == 2
     assert "give both --broker and --backend" in run.stderr
+
+
+# -- every shipped driver's real server (a few areas each, so the runs stay short) ----------
+def _passes_on(broker: str, backend: str) -> dict[str, Any]:
+    """Run the SUBSET through `conveyor conformance --json` on the URLs; it must pass with both
+    parts run (not skipped) and leave none of its queues holding anything."""
+    from conveyor.registry import broker_from_url
+
+    run = conveyor("conformance", "--broker", broker, "--backend", backend, "-k", SUBSET,
+                   "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(run.stdout)
+    assert report["failed"] == 0 and report["skipped"] == 0, report
+    parts = {t["part"] for t in report["tests"] if t["outcome"] == "passed"}
+    assert parts == {"broker", "backend"}, report
+    assert report["passed"] >= 6, report
+    driver = broker_from_url(broker)
+    try:
+        left = {q: driver.stats(q) for q in driver.queues() if q.startswith("contract-")}
+        assert not [q for q, s in left.items() if s.ready + s.delayed + s.reserved + s.dead]
+    finally:
+        driver.close()
+    return report
+
+
+@contextlib.contextmanager
+def _fresh_mysql_database(url: str) -> Iterator[str]:
+    import sqlalchemy as sa
+
+    name = f"conveyor_conf_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    try:
+        yield sa.make_url(url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.dispose()
+
+
+def _tables(url: str) -> set[str]:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        return set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_postgresql_passes_in_an_empty_database(postgres_url: str) -> None:
+    from tests.servers.postgres import fresh_database
+
+    with fresh_database(postgres_url) as url:
+        assert url != postgres_url  # a database of this test's own: the namespace is empty
+        _passes_on(url, url)
+        # It ran there: the drivers' tables are in that database.
+        assert {"conveyor_messages", "conveyor_results"} <= _tables(url)
+
+
+def test_mariadb_passes_in_an_empty_database(mysql_url: str) -> None:
+    with _fresh_mysql_database(mysql_url) as url:
+        _passes_on(url, url)
+        assert {"conveyor_messages", "conveyor_results"} <= _tables(url)
+
+
+def test_mongodb_passes_under_a_prefix_of_its_own(mongo_url: str) -> None:
+    import pymongo
+
+    prefix = f"conf{uuid.uuid4().hex[:8]}_"
+    url = f"{mongo_url}{'&' if '?' in mongo_url else '?'}prefix={prefix}"
+    _passes_on(url, url)
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongo_url)
+    try:
+        names = client.get_default_database("conveyor").list_collection_names()
+    finally:
+        client.close()
+    assert [n for n in names if n.startswith(prefix)], names
+
+
+def test_sqs_and_s3_pass_under_prefixes_of_their_own(sqs_url: str, s3_url: str,
+                                                     moto_endpoint: str) -> None:
+    from tests.servers.moto import _client
+
+    _passes_on(sqs_url, s3_url)
+    prefix = sqs_url.split("&prefix=", 1)[1].split("&", 1)[0]
+    created = _client("sqs", moto_endpoint).list_queues(QueueNamePrefix=prefix)
+    assert created.get("QueueUrls"), "no SQS queue was made under the test's prefix"
