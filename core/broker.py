@@ -186,10 +186,11 @@ class Broker(ABC):
 
     def wake(self) -> None:  # noqa: B027 - optional hook
         """Make every ``reserve`` of this instance blocked now return promptly (with what it
-        holds, usually ``[]``); later calls wait as usual. Safe from any thread and from a
-        signal handler. Brokers declaring ``idle_wait`` must implement it; a message an
-        abandoned request still takes must not be lost (its lease lapses and it comes back).
-        """
+        holds, usually ``[]``); when none is blocked, the next one returns promptly instead
+        (so a wake racing the start of a wait is not missed); later calls wait as usual. Safe
+        from any thread and from a signal handler. Brokers declaring ``idle_wait`` must
+        implement it; a message an abandoned request still takes must not be lost (its lease
+        lapses and it comes back)."""
 
     def ping(self) -> None:
         """Raise a :class:`~conveyor.exceptions.DriverError` when the server is unreachable."""

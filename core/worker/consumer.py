@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from conveyor import signals
-from conveyor.broker import Reservation
+from conveyor.broker import Broker, Reservation
 from conveyor.control.agent import WorkerAgent
 from conveyor.exceptions import (
     AuthenticationError,
@@ -72,6 +72,8 @@ class Consumer:
         self.lease = conf.broker_visibility_timeout
         self._stop = threading.Event()
         self._abort = threading.Event()
+        #: The broker the fetch loop waits on, woken by :meth:`stop`.
+        self._reserving: Broker | None = None
         self._held: dict[str, Reservation] = {}
         self._held_lock = threading.Condition()
         self._work: queue.Queue[Reservation | None] = queue.Queue()
@@ -164,6 +166,8 @@ class Consumer:
     def stop(self) -> None:
         """Graceful: stop reserving, finish running tasks, give back unstarted ones."""
         self._stop.set()
+        if self._reserving is not None:
+            self._reserving.wake()  # a long idle wait (SQS) must not delay the stop
         with self._held_lock:
             self._held_lock.notify_all()
 
@@ -187,7 +191,9 @@ class Consumer:
 
     # -- fetching -------------------------------------------------------------------------
     def _fetch_loop(self) -> None:
-        broker = self.app.broker
+        broker = self._reserving = self.app.broker
+        # A broker billed per request (SQS) is waited on longer while idle; stop() wakes it.
+        wait = max(self.app.conf.worker_poll_wait, broker.capabilities.idle_wait or 0.0)
         pause = 0.1
         failing_since: float | None = None
         last_log = 0.0
@@ -201,8 +207,7 @@ class Consumer:
             if self._stop.is_set():
                 break
             try:
-                batch = broker.reserve(self.queues, lease=self.lease,
-                                       wait=self.app.conf.worker_poll_wait, limit=free)
+                batch = broker.reserve(self.queues, lease=self.lease, wait=wait, limit=free)
             except ConveyorError as exc:
                 if _is_fatal(exc):
                     raise
