@@ -44,3 +44,33 @@ class TestPostgresEndToEnd(EndToEndContract):
     def backend_url(self, postgres_url: str) -> str:
         return postgres_url
 
+
+
+class TestMySQLEndToEnd(EndToEndContract):
+    @pytest.fixture
+    def broker_url(self, mysql_url: str) -> str:
+        return mysql_url
+
+    @pytest.fixture
+    def backend_url(self, mysql_url: str) -> str:
+        return mysql_url
+
+
+class TestMongoEndToEnd(EndToEndContract):
+    @pytest.fixture
+    def broker_url(self, mongo_url: str) -> str:
+        return mongo_url
+
+    @pytest.fixture
+    def backend_url(self, mongo_url: str) -> str:
+        return mongo_url
+
+
+class TestSQSAndS3EndToEnd(EndToEndContract):
+    @pytest.fixture
+    def broker_url(self, sqs_url: str) -> str:
+        return sqs_url
+
+    @pytest.fixture
+    def backend_url(self, s3_url: str) -> str:
+        return s3_url
