@@ -42,13 +42,12 @@ def to_timestamp(value: datetime | float) -> float:
     return value.timestamp() if isinstance(value, datetime) else float(value)
 
 
-def _check_sizes(batch: list[Outgoing], bodies: list[bytes], limit: int) -> None:
+def _check_sizes(batch: list[Outgoing], bodies: list[bytes], limit: int, hint: str) -> None:
     for o, body in zip(batch, bodies, strict=True):
         if len(body) > limit:
             raise TaskOptionError(
                 f"message of task {o.message.task} is {len(body):,} bytes; the broker takes at "
-                f"most {limit:,} (max_message_size): keep large values elsewhere and pass a "
-                "reference")
+                f"most {limit:,} (max_message_size): {hint}")
 
 
 def _check_group(group: Any) -> str:
@@ -388,7 +387,7 @@ class Conveyor:
             bodies = [o.message.encode(self.signer) for o in batch]
         largest = self.broker.capabilities.max_message_size
         if largest is not None:
-            _check_sizes(batch, bodies, largest)
+            _check_sizes(batch, bodies, largest, self.broker.large_message_hint)
         # Only brokers that declare priorities (message groups) are given one: others'
         # enqueue lacks the keyword.
         ranked = self.broker.capabilities.priorities

@@ -107,6 +107,9 @@ class Broker(ABC):
     """
 
     capabilities: ClassVar[BrokerCapabilities] = BrokerCapabilities()
+    #: What to do about a body over ``capabilities.max_message_size``, ending the core's
+    #: refusal; a driver with an option for large bodies names it.
+    large_message_hint: ClassVar[str] = "keep large values elsewhere and pass a reference"
 
     def __init__(self, url: URL, **options: Any) -> None:
         self.url = url
