@@ -16,8 +16,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from conveyor.app import Outgoing
 from conveyor.backend import RecordQuery
+from conveyor.contrib.dashboard.history import (
+    BackendHistory,
+    load_depth,
+    run_time,
+    save_depth,
+    wait_time,
+)
 from conveyor.control.agent import REGISTRY_PREFIX
+from conveyor.exceptions import ConveyorError
+from conveyor.message import Message
 from conveyor.record import TaskRecord
 from conveyor.states import FAILURE, PENDING, RETRY, REVOKED, STARTED, SUCCESS
 
@@ -65,6 +75,12 @@ class Reader:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: The per-minute series rebuilt from the backend (None: it cannot query).
+        self.backend_history = BackendHistory(app.backend) if self.can_query else None
+        #: Queue depths kept in the backend by earlier runs (read once), and the minute
+        #: of the depth this run saved last.
+        self._saved_depth: list[dict[str, Any]] | None = None
+        self._depth_minute: int | None = None
 
     # -- capabilities ---------------------------------------------------------------------
     @property
@@ -157,7 +173,7 @@ class Reader:
             rows.append({"id": record.task_id, "state": record.state, "task": record.task,
                          "queue": record.queue, "worker": record.worker,
                          "updated_at": record.updated_at, "retries": record.retries,
-                         "runtime": _runtime(record)})
+                         "runtime": run_time(record)})
         return {"tasks": rows, "cursor": page.cursor}
 
     def task(self, task_id: str) -> dict[str, Any] | None:
@@ -175,14 +191,60 @@ class Reader:
             "traceback": record.traceback, "parent": record.parent, "group": record.group,
             "dead_letter_reason": record.dead_letter_reason,
             "attempts": [_attempt(a) for a in record.attempts if isinstance(a, dict)],
-            "args": None, "kwargs": None,
+            "sent_at": record.sent_at, "eta": record.eta, "wait": wait_time(record),
+            "args": None, "kwargs": None, "args_from": None, "can_resend": False,
         }
         letter = self.dead_letter_of(task_id, record.queue)
         if letter is not None:
             view["args"], view["kwargs"] = letter["args"], letter["kwargs"]
+            view["args_from"] = "dead letter"
             view["dead_letter"] = {"queue": letter["queue"], "message_id": letter["message_id"]}
+        elif record.args_type is not None:
+            view["args"], view["kwargs"] = self.stored_arguments(record)
+            view["args_from"] = "record"
+        view["can_resend"] = record.state == FAILURE and (
+            letter is not None or (record.args_type is not None and bool(record.task)))
+        if record.argsrepr is not None:
+            view["args"] = record.argsrepr
+        if record.kwargsrepr is not None:
+            view["kwargs"] = record.kwargsrepr
         view["workflow"] = self.workflow(record)
         return self.redact(view) if self.redact is not None else view
+
+    def stored_arguments(self, record: TaskRecord) -> tuple[Any, Any]:
+        """``(args, kwargs)`` kept in a record by ``result_extended``; JSON ones as they
+        are, others as a note (never unpickled here)."""
+        if record.args_type == "json":
+            return (record.args if record.args is not None else [],
+                    record.kwargs if record.kwargs is not None else {})
+        note = f"({record.args_type} arguments, not decoded here)"
+        return note, note
+
+    def resend(self, record: TaskRecord) -> None:
+        """Send a FAILURE again from the arguments its record keeps (``result_extended``),
+        under the same id: the record is reopened as PENDING with its attempt history, as a
+        dead letter's replay does. What followed it in a workflow is not in the record and
+        is not re-sent (a dead letter's replay re-sends that too)."""
+        if record.state != FAILURE or record.args_type is None or not record.task:
+            raise ConveyorError(f"task {record.task_id} cannot be re-sent from its record: "
+                                "only a FAILURE whose record keeps its arguments can "
+                                "(set result_extended=True on the workers)")
+        queue = record.queue or self.app.conf.task_default_queue
+        args, kwargs = record.args, record.kwargs
+        if record.args_type == "json":
+            args = args if args is not None else []
+            kwargs = kwargs if kwargs is not None else {}
+        msg = Message(id=record.task_id, task=record.task, args=args, kwargs=kwargs,
+                      content_type=record.args_type, parent=record.parent,
+                      group=record.group, history=list(record.attempts), sent_at=time.time(),
+                      argsrepr=record.argsrepr, kwargsrepr=record.kwargsrepr)
+        backend = self.app.backend
+        backend.forget(record.task_id)  # store() keeps a terminal record: reopen it
+        backend.store(TaskRecord(record.task_id, PENDING, task=record.task, queue=queue,
+                                 attempts=list(record.attempts), parent=record.parent,
+                                 group=record.group, updated_at=time.time()).to_stored(),
+                      ttl=self.app.conf.result_expires)
+        self.app.enqueue([Outgoing(msg, queue, 0.0)])
 
     def workflow(self, record: TaskRecord) -> list[dict[str, Any]]:
         """The task's workflow as nodes (id, task, state, role): its parents up the chain, the
@@ -303,6 +365,11 @@ class Reader:
             workers=len(workers), states=self.state_counts())
         with self._lock:
             self.samples.append(sample)
+        minute = int(sample.at // 60)
+        if self.has_registry and minute != self._depth_minute:
+            # One entry a minute: a restarted dashboard draws the depths of the last hour.
+            self._depth_minute = minute
+            save_depth(self.app.backend, sample.at, _depths(sample))
         return sample
 
     def flow(self) -> dict[str, Any]:
@@ -340,10 +407,53 @@ class Reader:
             "backend": self.app.backend.url.masked, "broker": self.app.broker.url.masked}
 
     def history(self) -> dict[str, Any]:
-        """The last hour: tasks done and failed per minute (``series``), and queue depth
-        (ready + delayed) per sample, at most about 300 of them (``depth``)."""
+        """The last hour. ``series``: per minute, tasks succeeded, failed and retried with
+        run-time and wait-time percentiles, rebuilt from the backend's records (see
+        :mod:`~conveyor.contrib.dashboard.history`); without ``query``, succeeded and failed
+        from the workers' counters since this dashboard started. ``depth``: queue depth
+        (ready + delayed), at most about 300 points: the minutes kept in the backend by
+        earlier runs, then this run's samples."""
+        now = time.time()
         with self._lock:
             samples = list(self.samples)
+        if self.backend_history is not None:
+            # The sampler thread reads the backend; without it, this request does.
+            rebuilt = self.backend_history.series(now, update=self._thread is None)
+            series = [{"minute": r["minute"], "succeeded": r["succeeded"],
+                       "failed": r["failed"], "retried": r["retried"],
+                       "estimated": r["estimated"], "runtime": r["runtime"],
+                       "wait": r["wait"]} for r in rebuilt["minutes"]]
+            runtime, wait = rebuilt["runtime"], rebuilt["wait"]
+            start = (int(now // 60) - len(series) + 1) * 60.0
+        else:
+            series = self._counted_series(samples)
+            runtime = wait = {"p50": None, "p90": None, "p99": None}
+            start = samples[0].at if samples else now
+        depth = self._saved_depths(now, samples[0].at if samples else float("inf"))
+        step = max(1, len(samples) // 300)
+        depth += [{"at": x.at, "depth": _depths(x)} for x in samples[::step]]
+        if samples and (not depth or depth[-1]["at"] != samples[-1].at):
+            depth.append({"at": samples[-1].at, "depth": _depths(samples[-1])})
+        if depth:
+            start = min(start, depth[0]["at"])
+        return {"series": series, "depth": depth, "start": start, "end": now,
+                "runtime": runtime, "wait": wait, "rebuilt": self.backend_history is not None}
+
+    def _saved_depths(self, now: float, before: float) -> list[dict[str, Any]]:
+        """Depth points an earlier run kept in the backend, in the hour before ``before``."""
+        if not self.has_registry:
+            return []
+        if self._saved_depth is None:
+            try:
+                self._saved_depth = load_depth(self.app.backend, now - HISTORY_SECONDS)
+            except Exception:
+                return []
+        return [p for p in self._saved_depth
+                if now - HISTORY_SECONDS <= p["at"] < before - 1.0]
+
+    @staticmethod
+    def _counted_series(samples: list[Sample]) -> list[dict[str, Any]]:
+        """Succeeded/failed per minute from the workers' counters in this run's samples."""
         minutes: dict[int, list[Sample]] = {}
         for s in samples:
             minutes.setdefault(int(s.at // 60), []).append(s)
@@ -353,42 +463,13 @@ class Reader:
             group = minutes[minute]
             first = previous or group[0]
             last = group[-1]
-            series.append({
-                "minute": minute * 60,
-                "processed": max(last.processed - first.processed, 0),
-                "failed": max(last.failed - first.failed, 0),
-                "depth": {name: q["ready"] + q["delayed"] for name, q in last.queues.items()}})
+            done = max(last.processed - first.processed, 0)
+            failed = max(last.failed - first.failed, 0)
+            series.append({"minute": minute * 60, "succeeded": max(done - failed, 0),
+                           "failed": failed, "retried": None, "estimated": False,
+                           "runtime": None, "wait": None})
             previous = last
-        step = max(1, len(samples) // 300)
-        depth = [{"at": x.at, "depth": {name: q["ready"] + q["delayed"]
-                                        for name, q in x.queues.items()}}
-                 for x in samples[::step]]
-        if samples and depth[-1]["at"] != samples[-1].at:
-            depth.append({"at": samples[-1].at, "depth": {
-                name: q["ready"] + q["delayed"] for name, q in samples[-1].queues.items()}})
-        return {"series": series, "depth": depth,
-                "start": samples[0].at if samples else time.time(), "end": time.time(),
-                "runtime": self.runtime_percentiles()}
-
-    def runtime_percentiles(self) -> dict[str, float | None]:
-        """p50/p90/p99 run time (seconds) of the last 200 successful tasks."""
-        if not self.can_query:
-            return {"p50": None, "p90": None, "p99": None}
-        page = self.app.backend.query(RecordQuery(state=SUCCESS, limit=200))
-        times = []
-        for stored in page.records:
-            try:
-                value = _runtime(TaskRecord.from_stored(stored))
-            except Exception:
-                continue
-            if value is not None:
-                times.append(value)
-        times.sort()
-
-        def pick(q: float) -> float | None:
-            return round(times[min(int(q * len(times)), len(times) - 1)], 4) if times else None
-
-        return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99)}
+        return series
 
     # -- sampler ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -401,6 +482,10 @@ class Reader:
                 # A server outage: keep sampling; the page shows the last good numbers.
                 with contextlib.suppress(Exception):
                     self.sample()
+                if self.backend_history is not None:
+                    # Off the request path: a page then finds the hour already read.
+                    with contextlib.suppress(Exception):
+                        self.backend_history.update()
                 self._stop.wait(SAMPLE_EVERY)
 
         self._thread = threading.Thread(target=run, name="conveyor-dashboard-sampler",
@@ -414,14 +499,8 @@ class Reader:
             self._thread.join(timeout=5)
 
 
-def _runtime(record: TaskRecord) -> float | None:
-    """Seconds the last attempt ran, when the record says."""
-    for attempt in reversed(record.attempts):
-        if isinstance(attempt, dict):
-            start, end = attempt.get("started_at"), attempt.get("finished_at")
-            if isinstance(start, (int, float)) and isinstance(end, (int, float)):
-                return round(float(end) - float(start), 6)
-    return None
+def _depths(sample: Sample) -> dict[str, int]:
+    return {name: q["ready"] + q["delayed"] for name, q in sample.queues.items()}
 
 
 def _attempt(attempt: dict[str, Any]) -> dict[str, Any]:

@@ -273,15 +273,22 @@ class Dashboard:
                                           "token)"}, 403)
         task_id = request.path_params["task_id"]
         record = await self.call(self.app.record, task_id)
-        letter = await self.call(self.reader.dead_letter_of, task_id,
-                                 record.queue if record else None)
-        if letter is None:
-            return JSONResponse({"error": "this task has no dead letter to re-send: only "
-                                          "tasks whose message is in a dead-letter queue can "
-                                          "be retried (the backend keeps no arguments)"}, 409)
-        report = await self.call(self._replay, letter["queue"], [letter["message_id"]])
-        return self._answer(request, {**report, "message": f"retried: {report['replayed']}"},
-                            f"/tasks/{_quote(task_id)}")
+        if record is None:
+            return JSONResponse({"error": "no such task"}, 404)
+        letter = await self.call(self.reader.dead_letter_of, task_id, record.queue)
+        if letter is not None:
+            # The dead letter is the whole message (a workflow's next steps too): replay it.
+            report = await self.call(self._replay, letter["queue"], [letter["message_id"]])
+            return self._answer(request, {**report, "from": "dead letter",
+                                          "message": f"retried: {report['replayed']}"},
+                                f"/tasks/{_quote(task_id)}")
+        try:
+            await self.call(self.reader.resend, record)
+        except ConveyorError as exc:
+            return JSONResponse({"error": f"{exc}; a task whose message is in a dead-letter "
+                                          "queue can always be retried"}, 409)
+        return self._answer(request, {"replayed": 1, "skipped": [], "from": "record",
+                                      "message": "retried: 1"}, f"/tasks/{_quote(task_id)}")
 
     def _replay(self, queue: str, ids: list[str] | None) -> dict[str, Any]:
         from conveyor.dlq import replay

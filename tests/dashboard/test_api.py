@@ -135,3 +135,66 @@ def test_without_the_redis_index_the_pages_say_how_to_get_it(redis_url: str) -> 
         assert client.get("/").status_code == 200
     finally:
         app.close()
+
+
+def test_a_restarted_dashboard_rebuilds_the_hour_and_retries_from_stored_arguments(
+        app: Any, queue: str, workers: Workers, *, client: TestClient, dash: Dashboard,
+        tmp_path: Path) -> None:
+    import e2e_tasks
+
+    adds = [e2e_tasks.add.delay(i, i).id for i in range(5)]
+    hidden = e2e_tasks.add.apply_async((40, 2), argsrepr="('<card>', '<script>x</script>')",
+                                       kwargsrepr="{}").id
+    flaky = e2e_tasks.flaky_until.delay(str(tmp_path / "flaky"), 3).id
+    app.flush_pending()
+    dash.reader.sample()  # keeps this minute's queue depth in the backend
+    workers.start("-c", "2", env={"CONVEYOR_RESULT_EXTENDED": "true"})
+    wait_until(lambda: client.get("/api/queues").json()[queue]["dead"] == 1,
+               timeout=60, what="the flaky task dead-lettered")
+    wait_until(lambda: len(_tasks(client, queue=queue, state="SUCCESS")) == 6,
+               timeout=60, what="six successes listed")
+
+    # A dashboard started now (a restart: nothing sampled, nothing in memory) charts what
+    # the backend holds: every outcome and retry, with wait and run times.
+    again = Dashboard(app, sample=False)
+    with TestClient(again.asgi(), base_url=LOCAL) as fresh:
+        history = fresh.get("/api/history").json()
+    assert history["rebuilt"] is True and len(history["series"]) == 60
+    assert sum(m["succeeded"] for m in history["series"]) == 6
+    assert sum(m["failed"] for m in history["series"]) == 1
+    assert sum(m["retried"] for m in history["series"]) == 2
+    assert not any(m["estimated"] for m in history["series"])
+    assert history["wait"]["p50"] is not None and history["runtime"]["p50"] is not None
+    assert [p for p in history["depth"] if p["depth"].get(queue) == 7]
+    assert again.reader.backend_history is not None
+    assert again.reader.backend_history.reads <= 60 + 1  # one read a minute, bounded
+
+    # result_extended: the arguments are in the record; argsrepr replaces what is shown.
+    view = client.get(f"/api/tasks/{adds[3]}").json()
+    assert view["args"] == [3, 3] and view["kwargs"] == {} and view["args_from"] == "record"
+    assert view["wait"] is not None and view["sent_at"] is not None
+    shown = client.get(f"/api/tasks/{hidden}").json()
+    assert shown["args"] == "('<card>', '<script>x</script>')" and shown["kwargs"] == "{}"
+    assert "40" not in str(shown["args"])
+    page = client.get(f"/tasks/{hidden}").text
+    assert "<script>x</script>" not in page and "&lt;script&gt;x&lt;/script&gt;" in page
+    stored = app.record(hidden)
+    assert stored.args == [40, 2] and stored.argsrepr.startswith("('<card>'")
+
+    # Retry works without a dead letter: delete it, then re-send from the record's arguments.
+    [letter] = client.get(f"/api/dead/{queue}").json()
+    deleted = client.post(f"/api/dead/{queue}/delete",
+                          data={"id": letter["message_id"], "csrf": dash.guard.csrf()})
+    assert deleted.status_code == 200 and deleted.json()["deleted"] == 1
+    failed = client.get(f"/api/tasks/{flaky}").json()
+    assert failed["can_resend"] and "dead_letter" not in failed
+    assert 'id="retry"' in client.get(f"/tasks/{flaky}").text
+    retried = client.post(f"/api/retry/{flaky}", headers={"X-CSRF-Token": dash.guard.csrf()})
+    assert retried.status_code == 200 and retried.json()["from"] == "record"
+    wait_until(lambda: client.get(f"/api/tasks/{flaky}").json()["state"] == "SUCCESS",
+               timeout=60, what="the re-sent task to succeed")
+    done = client.get(f"/api/tasks/{flaky}").json()
+    assert done["result"] == 4 and [a["outcome"] for a in done["attempts"]] == [
+        "retry", "retry", "failure", "success"]
+    refused = client.post(f"/api/retry/{adds[0]}", headers={"X-CSRF-Token": dash.guard.csrf()})
+    assert refused.status_code == 409 and "FAILURE" in refused.json()["error"]

@@ -45,55 +45,94 @@ function axis(start, end) {
   return out;
 }
 
+function bars(svg, series, start, span, keys) {
+  // One group of bars per minute: one bar per key, side by side.
+  var max = 1;
+  series.forEach(function (s) { keys.forEach(function (k) { max = Math.max(max, s[k.name] || 0); }); });
+  var slot = W * 60 / span, width = Math.max(slot / (keys.length + 1), 1);
+  var out = series.map(function (s) {
+    var left = (s.minute - start) / span * W + width / 2;
+    return keys.map(function (k, i) {
+      var v = s[k.name] || 0, top = y(v, max);
+      return '<rect x="' + (left + i * width).toFixed(1) + '" y="' + top + '" width="' + width.toFixed(1) +
+        '" height="' + (H - PAD - top).toFixed(1) + '" fill="' + k.color + '"/>';
+    }).join("");
+  }).join("");
+  svg.innerHTML = axis(start, start + span) + out;
+  return max;
+}
+
+function lines(svg, points, start, span, keys) {
+  // One polyline per key over points {at, values}; gaps where a point has no value.
+  var max = 0;
+  points.forEach(function (p) { keys.forEach(function (k) { if (p.values[k.name] != null) max = Math.max(max, p.values[k.name]); }); });
+  var out = keys.map(function (k) {
+    var runs = [], run = [];
+    points.forEach(function (p) {
+      var v = p.values[k.name];
+      if (v == null) { if (run.length) runs.push(run); run = []; return; }
+      run.push(((p.at - start) / span * W).toFixed(1) + "," + y(v, max || 1));
+    });
+    if (run.length) runs.push(run);
+    return runs.map(function (r) {
+      if (r.length === 1) r.push((Number(r[0].split(",")[0]) + 4).toFixed(1) + "," + r[0].split(",")[1]);
+      return '<polyline fill="none" stroke="' + k.color + '" stroke-width="2" points="' + r.join(" ") + '"/>';
+    }).join("");
+  }).join("");
+  svg.innerHTML = axis(start, start + span) + out;
+  return max;
+}
+
+function ms(v) { return v === null || v === undefined ? "-" : (v * 1000).toFixed(1) + " ms"; }
+
+var PCT = [{name: "p50", color: COLORS[0]}, {name: "p90", color: COLORS[3]}, {name: "p99", color: COLORS[1]}];
+
 function drawCharts(history) {
   var start = history.start, end = history.end, span = Math.max(end - start, 60);
   var series = history.series || [];
   var done = document.getElementById("chart-done");
   if (done) {
-    var max = 1;
-    series.forEach(function (s) { max = Math.max(max, s.processed, s.failed); });
-    var width = Math.max(W * 60 / span / 2 - 2, 2);
-    var bars = series.map(function (s) {
-      var x = (s.minute + 30 - start) / span * W;
-      x = Math.min(Math.max(x, width), W - width);
-      return '<rect x="' + (x - width).toFixed(1) + '" y="' + y(s.processed, max) + '" width="' + width.toFixed(1) +
-        '" height="' + (H - PAD - y(s.processed, max)).toFixed(1) + '" fill="' + COLORS[2] + '"/>' +
-        '<rect x="' + x.toFixed(1) + '" y="' + y(s.failed, max) + '" width="' + width.toFixed(1) +
-        '" height="' + (H - PAD - y(s.failed, max)).toFixed(1) + '" fill="' + COLORS[1] + '"/>';
-    }).join("");
-    done.innerHTML = axis(start, end) + bars;
+    var max = bars(done, series, start, span, [{name: "succeeded", color: COLORS[2]},
+      {name: "failed", color: COLORS[1]}, {name: "retried", color: COLORS[3]}]);
     setText("[data-chart-max=done]", max + "/min");
+    var note = document.querySelector("[data-estimated]");
+    if (note) note.hidden = !series.some(function (s) { return s.estimated; });
   }
+  [["chart-wait", "wait"], ["chart-runtime", "runtime"]].forEach(function (pair) {
+    var svg = document.getElementById(pair[0]);
+    if (!svg) return;
+    var points = series.filter(function (s) { return s[pair[1]]; }).map(function (s) {
+      return {at: s.minute + 30, values: s[pair[1]]};
+    });
+    setText("[data-chart-max=" + pair[1] + "]", ms(lines(svg, points, start, span, PCT) || null));
+  });
   var depth = document.getElementById("chart-depth");
   var points = history.depth || [];
   if (depth) {
-    var names = {}, m = 1;
-    points.forEach(function (p) { Object.keys(p.depth).forEach(function (n) { names[n] = 1; m = Math.max(m, p.depth[n]); }); });
-    var keys = Object.keys(names).sort();
-    var lines = keys.map(function (n, i) {
-      var d = points.map(function (p) {
-        return ((p.at - start) / span * W).toFixed(1) + "," + y(p.depth[n] || 0, m);
-      }).join(" ");
-      if (points.length === 1) d += " " + W + "," + y(points[0].depth[n] || 0, m);
-      return '<polyline fill="none" stroke="' + COLORS[i % COLORS.length] + '" stroke-width="2" points="' + d + '"/>';
-    }).join("");
-    depth.innerHTML = axis(start, end) + lines;
+    var names = {};
+    points.forEach(function (p) { Object.keys(p.depth).forEach(function (n) { names[n] = 1; }); });
+    var keys = Object.keys(names).sort().map(function (n, i) { return {name: n, color: COLORS[i % COLORS.length]}; });
+    var m = lines(depth, points.map(function (p) {
+      var values = {};
+      keys.forEach(function (k) { values[k.name] = p.depth[k.name] || 0; });
+      return {at: p.at, values: values};
+    }), start, span, keys);
     var legend = document.getElementById("legend-depth");
     if (legend) {
       legend.textContent = "";
-      keys.forEach(function (n, i) {
+      keys.forEach(function (k) {
         var mark = document.createElement("i");
-        mark.style.background = COLORS[i % COLORS.length];
+        mark.style.background = k.color;
         legend.appendChild(mark);
-        legend.appendChild(document.createTextNode(n));
+        legend.appendChild(document.createTextNode(k.name));
       });
     }
     setText("[data-chart-max=depth]", m);
   }
   setText("[data-chart-span]", Math.round(span / 60) + " min");
-  var rt = history.runtime || {};
   ["p50", "p90", "p99"].forEach(function (k) {
-    setText("[data-runtime=" + k + "]", rt[k] === null || rt[k] === undefined ? "-" : (rt[k] * 1000).toFixed(1) + " ms");
+    setText("[data-runtime=" + k + "]", ms((history.runtime || {})[k]));
+    setText("[data-wait=" + k + "]", ms((history.wait || {})[k]));
   });
 }
 

@@ -1,0 +1,267 @@
+"""The last hour rebuilt from the result backend: what a restarted dashboard charts at once.
+
+Per minute of the last hour, one bounded read: ``query(since=minute, until=minute + 60)``
+returns the records last written in that minute, newest first, and we read at most
+``PER_MINUTE`` of them (pages of ``PAGE``). When a minute held more, its total is estimated
+from how densely the records read fill the minute (``n`` read over the seconds they span, at
+least one), and every record read stands for ``total / n`` of them: counts are then
+estimates (``estimated`` in the series; a burst within the span read makes them too high),
+percentiles come from the sample. So counts are exact up to ``PER_MINUTE`` records a minute.
+
+From each record read: its state (SUCCESS, FAILURE) counts in the minute of its last write;
+each attempt that ended in ``retry`` counts in the minute it finished; the last attempt's run
+time (SUCCESS only) and wait time (its start minus when the task was due: ``max(sent_at,
+eta)``; only for a first try or a try after a retry, since a redelivery or a replay waited
+for a lease or an operator) go to the minute of the last write.
+
+Closed minutes are read once and kept (60 buckets); the open minute, and the one before it
+once more after it closes, are re-read at most every ``REFRESH`` seconds. So the whole hour
+costs ``60 * PER_MINUTE`` records at start, then two minutes' reads per refresh, whatever the
+number of records in the backend (the query is indexed by write time on every backend but
+S3, where each read lists the bucket).
+
+Queue depth has no durable source (a broker keeps no history of its depths): the sampler
+writes one entry per minute to the backend's entry area (``DEPTH_PREFIX``, expiring after an
+hour and a half) and a restarted dashboard reads them back.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from conveyor.backend import RecordQuery, ResultBackend
+from conveyor.record import TaskRecord
+from conveyor.states import FAILURE, SUCCESS
+
+MINUTES = 60
+PER_MINUTE = 1000
+PAGE = 200
+REFRESH = 10.0
+DEPTH_PREFIX = "conveyor-dashboard:depth:"
+DEPTH_TTL = 5400.0
+
+
+@dataclass
+class Bucket:
+    """What one minute's read found: counts by target minute (retries may land in earlier
+    minutes than the record's write) and samples of run and wait times."""
+
+    minute: int
+    read: int = 0
+    total: float = 0.0
+    estimated: bool = False
+    closed: bool = False
+    read_at: float = 0.0
+    succeeded: dict[int, float] = field(default_factory=dict)
+    failed: dict[int, float] = field(default_factory=dict)
+    retried: dict[int, float] = field(default_factory=dict)
+    runtimes: list[float] = field(default_factory=list)
+    waits: list[float] = field(default_factory=list)
+
+    @property
+    def weight(self) -> float:
+        """How many records each record read stands for."""
+        return self.total / self.read if self.read else 1.0
+
+
+def wait_time(record: TaskRecord) -> float | None:
+    """Seconds between when the last attempt could start and when it did, if the record says
+    (a first try, or a try after a retry)."""
+    attempts = [a for a in record.attempts if isinstance(a, dict)]
+    if not attempts or record.sent_at is None:
+        return None
+    last = attempts[-1]
+    started = last.get("started_at")
+    if not isinstance(started, (int, float)):
+        return None
+    if len(attempts) > 1 and attempts[-2].get("outcome") != "retry":
+        return None
+    due = max(float(record.sent_at), float(record.eta or 0.0))
+    return max(float(started) - due, 0.0)
+
+
+def run_time(record: TaskRecord) -> float | None:
+    """Seconds the last attempt ran, when the record says."""
+    for attempt in reversed(record.attempts):
+        if isinstance(attempt, dict):
+            start, end = attempt.get("started_at"), attempt.get("finished_at")
+            if isinstance(start, (int, float)) and isinstance(end, (int, float)):
+                return round(float(end) - float(start), 6)
+    return None
+
+
+def percentiles(values: list[tuple[float, float]]) -> dict[str, float | None]:
+    """p50/p90/p99 of ``(value, weight)`` pairs."""
+    if not values:
+        return {"p50": None, "p90": None, "p99": None}
+    ordered = sorted(values)
+    total = sum(w for _, w in ordered)
+    found: dict[str, float | None] = {}
+    for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+        goal, seen = q * total, 0.0
+        pick = ordered[-1][0]
+        for value, weight in ordered:
+            seen += weight
+            if seen >= goal:
+                pick = value
+                break
+        found[name] = round(pick, 6)
+    return found
+
+
+class BackendHistory:
+    """The per-minute series of the last hour, read from a backend with ``query``.
+    Thread-safe; reads happen in :meth:`series`'s caller."""
+
+    def __init__(self, backend: ResultBackend, *, per_minute: int = PER_MINUTE,
+                 minutes: int = MINUTES, refresh: float = REFRESH) -> None:
+        self.backend = backend
+        self.per_minute = per_minute
+        self.minutes = minutes
+        self.refresh = refresh
+        self.buckets: dict[int, Bucket] = {}
+        self.reads = 0
+        self._lock = threading.Lock()
+        self._updating = threading.Lock()
+        self._read_at = 0.0
+
+    def read_minute(self, minute: int, now: float) -> Bucket:
+        """Read the records last written in ``minute`` (epoch minutes), bounded."""
+        start, end = minute * 60.0, minute * 60.0 + 60.0
+        bucket = Bucket(minute, closed=end <= now, read_at=now)
+        records: list[TaskRecord] = []
+        cursor: str | None = None
+        more = False
+        # A page may come back short while a cursor remains: bound the calls too.
+        for _ in range(2 * -(-self.per_minute // PAGE)):
+            page = self.backend.query(RecordQuery(
+                since=start, until=end, cursor=cursor,
+                limit=min(PAGE, self.per_minute - len(records))))
+            self.reads += 1
+            for stored in page.records:
+                try:
+                    records.append(TaskRecord.from_stored(stored))
+                except Exception:
+                    continue
+            cursor = page.cursor
+            if cursor is None or len(records) >= self.per_minute:
+                break
+        more = cursor is not None
+        bucket.read = len(records)
+        bucket.total = float(len(records))
+        if more and records:
+            # Newest first: the records read fill [oldest, end of the minute or now).
+            times = [r.updated_at for r in records if isinstance(r.updated_at, (int, float))]
+            oldest = min(times) if times else start
+            covered = max(min(end, now) - max(oldest, start), 1.0)
+            span = max(min(end, now) - start, 1.0)
+            bucket.total = max(len(records) * span / covered, float(len(records)))
+            bucket.estimated = True
+        weight = bucket.weight
+        for record in records:
+            if record.state == SUCCESS:
+                bucket.succeeded[minute] = bucket.succeeded.get(minute, 0.0) + weight
+                value = run_time(record)
+                if value is not None:
+                    bucket.runtimes.append(value)
+            elif record.state == FAILURE:
+                bucket.failed[minute] = bucket.failed.get(minute, 0.0) + weight
+            for attempt in record.attempts:
+                if isinstance(attempt, dict) and attempt.get("outcome") == "retry" and \
+                        isinstance(attempt.get("finished_at"), (int, float)):
+                    at = int(float(attempt["finished_at"]) // 60)
+                    bucket.retried[at] = bucket.retried.get(at, 0.0) + weight
+            wait = wait_time(record)
+            if wait is not None:
+                bucket.waits.append(wait)
+        return bucket
+
+    def update(self, now: float | None = None) -> None:
+        """Read the minutes not read yet, and the open ones again after ``refresh`` s."""
+        now = time.time() if now is None else now
+        current = int(now // 60)
+        first = current - self.minutes + 1
+        with self._lock:
+            stale = now - self._read_at >= self.refresh
+            wanted = [m for m in range(first, current + 1)
+                      if m not in self.buckets or (stale and not self.buckets[m].closed)]
+        with self._updating:
+            # Newest first, each minute shown as soon as it is read: a restarted dashboard
+            # fills its charts from the right.
+            for minute in sorted(wanted, reverse=True):
+                with self._lock:
+                    known = self.buckets.get(minute)
+                if known is not None and (known.closed or known.read_at >= now):
+                    continue  # read meanwhile by another caller
+                bucket = self.read_minute(minute, now)
+                with self._lock:
+                    self.buckets[minute] = bucket
+        with self._lock:
+            for m in [m for m in self.buckets if m < first]:
+                del self.buckets[m]
+            if stale:
+                self._read_at = now
+
+    def series(self, now: float | None = None, *, update: bool = True) -> dict[str, Any]:
+        """Per minute: succeeded, failed, retried (estimates where ``estimated``), run-time
+        and wait-time percentiles; and both percentiles over the hour. ``update``: read
+        what is missing first (else show what has been read so far)."""
+        now = time.time() if now is None else now
+        if update:
+            self.update(now)
+        current = int(now // 60)
+        first = current - self.minutes + 1
+        with self._lock:
+            buckets = dict(self.buckets)
+        rows = []
+        all_runs: list[tuple[float, float]] = []
+        all_waits: list[tuple[float, float]] = []
+        for minute in range(first, current + 1):
+            own = buckets.get(minute)
+            row: dict[str, Any] = {"minute": minute * 60, "succeeded": 0.0, "failed": 0.0,
+                                   "retried": 0.0, "estimated": bool(own and own.estimated),
+                                   "records": round(own.total) if own else 0}
+            for b in buckets.values():
+                row["succeeded"] += b.succeeded.get(minute, 0.0)
+                row["failed"] += b.failed.get(minute, 0.0)
+                row["retried"] += b.retried.get(minute, 0.0)
+            for key in ("succeeded", "failed", "retried"):
+                row[key] = round(row[key])
+            if own is not None:
+                row["runtime"] = percentiles([(v, 1.0) for v in own.runtimes])
+                row["wait"] = percentiles([(v, 1.0) for v in own.waits])
+                all_runs += [(v, own.weight) for v in own.runtimes]
+                all_waits += [(v, own.weight) for v in own.waits]
+            else:
+                row["runtime"] = row["wait"] = percentiles([])
+            rows.append(row)
+        return {"minutes": rows, "runtime": percentiles(all_runs),
+                "wait": percentiles(all_waits),
+                "estimated": any(r["estimated"] for r in rows)}
+
+
+def save_depth(backend: ResultBackend, at: float, depth: dict[str, int]) -> None:
+    """Keep the queue depths of the minute of ``at`` in the backend's entry area."""
+    minute = int(at // 60)
+    backend.put_entry(f"{DEPTH_PREFIX}{minute:012d}",
+                      json.dumps({"at": at, "depth": depth}).encode(), ttl=DEPTH_TTL)
+
+
+def load_depth(backend: ResultBackend, since: float) -> list[dict[str, Any]]:
+    """The depths kept by :func:`save_depth` since ``since``, oldest first."""
+    points = []
+    for _, raw in sorted(backend.entries(DEPTH_PREFIX).items()):
+        try:
+            point = json.loads(raw)
+        except ValueError:
+            continue
+        if (isinstance(point, dict) and isinstance(point.get("at"), (int, float))
+                and isinstance(point.get("depth"), dict) and point["at"] >= since):
+            points.append({"at": float(point["at"]),
+                           "depth": {str(k): int(v) for k, v in point["depth"].items()
+                                     if isinstance(v, int)}})
+    return points
