@@ -27,7 +27,7 @@ from conveyor.exceptions import (
 )
 from conveyor.worker.completer import Completer, Completion
 from conveyor.worker.limits import TimeLimits
-from conveyor.worker.runner import Job, TaskRunner
+from conveyor.worker.runner import Job, Pickup, TaskRunner
 from conveyor.worker.started import StartedWriter
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ class Consumer:
         self._reserving: Broker | None = None
         self._held: dict[str, Reservation] = {}
         self._held_lock = threading.Condition()
-        self._work: queue.Queue[Reservation | None] = queue.Queue()
+        self._work: queue.Queue[tuple[Reservation, Pickup] | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self.runner = TaskRunner(app, hostname=self.hostname, stopping=self._abort.is_set)
         #: Messages handed to the completer and not yet acked (held, but not running).
@@ -230,19 +230,21 @@ class Consumer:
                 with self._held_lock:
                     for res in batch:
                         self._held[res.message_id] = res
-                for res in batch:
-                    self._work.put(res)
+                # Held first: the heartbeat extends their leases while the check reads.
+                for item in zip(batch, self.runner.pickup(batch), strict=True):
+                    self._work.put(item)
 
     # -- executing ------------------------------------------------------------------------
     def _execute_loop(self) -> None:
         while True:
-            res = self._work.get()
-            if res is None:
+            item = self._work.get()
+            if item is None:
                 return
+            res, pickup = item
             deferred = False
             started = time.monotonic()
             try:
-                deferred = self.runner.handle(res)
+                deferred = self.runner.handle(res, pickup)
                 took = time.monotonic() - started
                 self._avg_run = took if self._avg_run is None else (
                     0.9 * self._avg_run + 0.1 * took)
@@ -323,11 +325,12 @@ class Consumer:
         released = 0
         while True:
             try:
-                res = self._work.get_nowait()
+                item = self._work.get_nowait()
             except queue.Empty:
                 break
-            if res is None:
+            if item is None:
                 continue
+            res = item[0]
             try:
                 self.app.broker.nack(res)
                 released += 1

@@ -47,9 +47,10 @@ class PoisonGuard:
         self._end(res, reason, OVER_DELIVERED_TYPE, lost=res.attempts - 1)
         return True
 
-    def refused(self, res: Reservation, exc: ValueRefusedError) -> None:
-        """End ``res`` whose outcome (or follow-up) the backend or broker refused."""
-        reason = f"outcome refused: {exc}"
+    def refused(self, res: Reservation, exc: ValueRefusedError, *, what: str = "outcome") -> None:
+        """End ``res`` whose outcome (or follow-up, or ``what`` else) the backend or broker
+        refused."""
+        reason = f"{what} refused: {exc}"
         self._end(res, reason, REFUSED_TYPE, lost=res.attempts - 1, finished=True)
 
     def _end(self, res: Reservation, reason: str, error_type: str, *, lost: int,

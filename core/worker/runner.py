@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from conveyor.app import Outgoing
+from conveyor.backend import StoredRecord
 from conveyor.broker import Reservation
 from conveyor.canvas import followups as canvas
 from conveyor.exceptions import (
@@ -66,6 +67,20 @@ class Job:
     attempt: Attempt
 
 
+@dataclass(slots=True)
+class Pickup:
+    """What the fetch thread learned about one reserved message before any body runs: the
+    decoded message (or why it could not be decoded) and the task id's record at pick-up.
+
+    ``checked`` is False when the backend could not be read then: the runner reads it itself
+    before running the task."""
+
+    msg: Message | None
+    error: MessageDecodeError | None = None
+    record: StoredRecord | None = None
+    checked: bool = False
+
+
 class TaskRunner:
     """Handles reservations for one worker process. Thread-safe: keeps no per-message state."""
 
@@ -98,28 +113,72 @@ class TaskRunner:
         self.poison = PoisonGuard(self)
 
     # -- entry point ----------------------------------------------------------------------
-    def handle(self, res: Reservation) -> bool:
+    def pickup(self, batch: list[Reservation]) -> list[Pickup]:
+        """Decode a reserved batch and read its task ids' records in one ``get_many``: the
+        duplicate and revoke check of every delivery, before any body runs (called by the
+        fetch thread, so under load it overlaps the tasks running meanwhile).
+
+        A backend that cannot be read now leaves the batch unchecked (each task then reads
+        its own record before it runs, with the usual patience)."""
+        picked: list[Pickup] = []
+        for res in batch:
+            try:
+                picked.append(Pickup(Message.decode(res.body, self.app.signer)))
+            except MessageDecodeError as exc:
+                picked.append(Pickup(None, exc))
+        ids = [p.msg.id for p in picked if p.msg is not None]
+        if not ids:
+            return picked
+        try:
+            found = self.app.backend.get_many(ids)
+        except ConveyorError as exc:
+            log.debug("pick-up check deferred to the executors: %s", exc)
+            return picked
+        for p in picked:
+            if p.msg is not None:
+                p.record, p.checked = found.get(p.msg.id), True
+        return picked
+
+    def handle(self, res: Reservation, pickup: Pickup | None = None) -> bool:
         """Run ``res`` to completion: decode, check, run, record, follow up, ack.
 
-        Returns True when the last steps were handed to :attr:`defer` (the completer), which
-        then owns the reservation. A message delivered more than ``broker_max_deliveries``
-        times, or whose outcome the backend refuses, is dead-lettered instead of looping.
+        ``pickup`` is what :meth:`pickup` learned (None: decode and check here). Returns True
+        when the last steps were handed to :attr:`defer` (the completer), which then owns
+        the reservation. A message delivered more than ``broker_max_deliveries`` times, or
+        whose outcome the backend refuses, is dead-lettered instead of looping.
         """
         if self.poison.over_delivered(res):
             return False
         try:
-            return self._handle(res)
+            return self._handle(res, pickup)
         except ValueRefusedError as exc:
             self.poison.refused(res, exc)
             return False
 
-    def _handle(self, res: Reservation) -> bool:
+    def _handle(self, res: Reservation, pickup: Pickup | None) -> bool:
         app = self.app
-        try:
-            msg = Message.decode(res.body, app.signer)
-        except MessageDecodeError as exc:
-            self._dead_letter(res, f"undecodable message: {exc}")
+        if pickup is None:
+            try:
+                pickup = Pickup(Message.decode(res.body, app.signer))
+            except MessageDecodeError as exc:
+                pickup = Pickup(None, exc)
+        msg = pickup.msg
+        if msg is None:
+            self._dead_letter(res, f"undecodable message: {pickup.error}")
             return False
+        try:
+            found = pickup.record if pickup.checked else self._reliably(
+                lambda: app.backend.get(msg.id))
+        except ValueRefusedError as exc:
+            # An id the backend cannot even look up (a NUL on PostgreSQL): its outcome
+            # could never be stored either, so it is dead-lettered before it runs.
+            self.poison.refused(res, exc, what="task id")
+            return False
+        if found is not None and found.ready:
+            # The duplicate rule, for every delivery: a task id with a terminal record is
+            # acked without running (a redelivery, a second send of one id, a replay, or a
+            # revoke: REVOKED is terminal).
+            return self._known_terminal(res, msg, found)
         now = time.time()
         early = (msg.eta - now) if msg.eta is not None else 0.0
         if early > 0.5:
@@ -155,6 +214,22 @@ class TaskRunner:
         if task.rate is not None and self._rate_limited(res, msg, task):
             return False
         return self._run(res, msg, task, canvas.call_arguments(msg, args), kwargs)
+
+    def _known_terminal(self, res: Reservation, msg: Message, found: StoredRecord) -> bool:
+        """``msg``'s task id held the terminal record ``found`` at pick-up: a REVOKED one is
+        skipped as revoked, any other is acked as a duplicate. Nothing runs."""
+        task = self.app.tasks.get(msg.task)
+        if found.state == REVOKED and task is not None:
+            try:
+                args, kwargs = msg.arguments(self.app.task_codec)
+            except MessageDecodeError:
+                args, kwargs = [], {}
+            return self._skip_revoked(res, msg, task, args, kwargs)
+        log.info("task %s[%s] already finished (%s); acking the duplicate", msg.task, msg.id,
+                 found.state)
+        self._reissue_followups(msg, found)
+        self._ack(res)
+        return False
 
     def _skip_revoked(self, res: Reservation, msg: Message, task: Task[Any, Any],
                       args: list[Any], kwargs: dict[str, Any]) -> bool:
@@ -306,17 +381,15 @@ class TaskRunner:
     def _start(self, job: Job) -> bool:
         """Record STARTED as configured; False when the task already has an outcome.
 
-        A redelivery writes STARTED synchronously (or, untracked, reads the record): an earlier
-        delivery may have finished without its ack, and must not be run again. A first
-        delivery's STARTED goes to the write-behind :attr:`started` writer when there is one.
+        Every delivery's record was read at pick-up. A redelivery also writes STARTED
+        synchronously: its earlier delivery may still be finishing elsewhere (a lost lease).
+        A first delivery's STARTED goes to the write-behind :attr:`started` writer when there
+        is one (it reports a terminal record written since the pick-up: a duplicate running
+        at the same moment on two workers).
         """
         msg, res = job.msg, job.res
-        track = self.app.conf.task_track_started
-        if not track:
-            if res.attempts <= 1:
-                return True
-            found = self._reliably(lambda: self.app.backend.get(msg.id))
-            return found is None or not found.ready
+        if not self.app.conf.task_track_started:
+            return True  # the record was read at pick-up
         started = self._record(msg, res, STARTED, attempts=[*job.history, job.attempt.to_dict()])
         if res.attempts <= 1 and self.started is not None and not msg.history:
             # The write-behind STARTED still checks: settle() reports a terminal record.
@@ -332,12 +405,13 @@ class TaskRunner:
         self._ack(job.res)
         return False
 
-    def _reissue_followups(self, msg: Message) -> None:
+    def _reissue_followups(self, msg: Message, found: StoredRecord | None = None) -> None:
         """Send a finished workflow task's follow-ups again (same ids: run once), in case
         the delivery that finished it died before sending them."""
         if canvas.is_plain(msg):
             return
-        found = self._reliably(lambda: self.app.backend.get(msg.id))
+        if found is None:
+            found = self._reliably(lambda: self.app.backend.get(msg.id))
         followups = canvas.reissue(self.app, msg, found, self._reliably)
         if followups:
             self._reliably(lambda: self.app.enqueue(followups))

@@ -94,6 +94,14 @@ def reports_progress(self, marker: str) -> str:  # type: ignore[no-untyped-def]
     return "done"
 
 
+@app.task
+def counted(marker: str) -> int:
+    """Appends a line to ``marker`` on every run; returns the lines so far."""
+    with open(marker, "a") as f:
+        f.write("ran\n")
+    return len(Path(marker).read_text().splitlines())
+
+
 def _log_signal(signal: object, sender: object, **kw: object) -> None:
     with open(os.environ["CONVEYOR_E2E_SIGNAL_LOG"], "a") as log:
         log.write(f"{getattr(signal, 'name', signal)}\n")

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,30 @@ def test_revoke_survives_a_worker_restart(app: Any, workers: Workers, tmp_path: 
     assert not marker.exists(), "the revoked task ran"
     with pytest.raises(TaskRevokedError):
         app.AsyncResult(r.id).get(timeout=5)
+
+
+@pytest.mark.parametrize("pair", THREE, indirect=True)
+def test_a_second_send_of_a_finished_or_just_revoked_id_never_runs(
+        app: Any, workers: Workers, tmp_path: Path) -> None:
+    import e2e_tasks
+
+    marker = tmp_path / "runs"
+    workers.start("-c", "1", "--prefetch-multiplier", "1")
+    first = e2e_tasks.counted.delay(str(marker))
+    assert first.get(timeout=30) == 1
+    # A publish retry after a lost reply, or a replay: a first delivery of a finished id.
+    e2e_tasks.counted.apply_async((str(marker),), task_id=first.id)
+    # Revoked a moment before it is sent: well inside the workers' revoke-cache refresh.
+    late = str(uuid.uuid4())
+    app.control.revoke(late)
+    e2e_tasks.counted.apply_async((str(marker),), task_id=late)
+    # One thread, no prefetch: both were handled once a task sent after them has finished.
+    assert e2e_tasks.add.delay(1, 1).get(timeout=30) == 2
+    assert marker.read_text().splitlines() == ["ran"]
+    assert app.AsyncResult(first.id).get(timeout=5) == 1
+    assert app.AsyncResult(late).state == "REVOKED"
+    stats = app.broker.stats(app.conf.task_default_queue)
+    assert (stats.ready, stats.reserved, stats.delayed) == (0, 0, 0)
 
 
 @pytest.mark.parametrize("pair", THREE, indirect=True)

@@ -263,6 +263,27 @@ def test_revoked_task_is_never_run_and_reads_revoked(app: Conveyor, recorded: li
         thread.join(10)
 
 
+def test_a_task_revoked_after_the_workers_last_cache_refresh_still_never_runs(
+        app: Conveyor, worker: Consumer, recorded: list[Any]) -> None:
+    ran: list[int] = []
+
+    @app.task
+    def work(n: int) -> int:
+        ran.append(n)
+        return n
+
+    worker.agent.revoked.refresh = lambda: None  # type: ignore[method-assign]  # never again
+    r = work.delay(1)
+    assert r.get(timeout=5) == 1
+    app.control.revoke("revoked-before-send")
+    before = work.apply_async((3,), task_id="revoked-before-send")
+    assert work.delay(4).get(timeout=5) == 4
+    _wait(lambda: app.broker.stats("default").ready + app.broker.stats("default").reserved == 0)
+    assert "revoked-before-send" not in worker.runner.revoked  # type: ignore[operator]
+    assert 3 not in ran and before.state == "REVOKED"
+    assert [kw["request"].id for n, kw in recorded if n == "task_revoked"] == [before.id]
+
+
 def test_revoke_terminate_ends_a_running_thread_task(app: Conveyor, worker: Consumer) -> None:
     state = {"cleaned": False}
 
