@@ -163,8 +163,19 @@ def test_untrusted_strings_are_never_markup(memory_app: Conveyor) -> None:
         backend.store(TaskRecord(task_id, "SUCCESS", task=HTML[1], result=HTML[2]).to_stored(),
                       ttl=60)
         ids.append(task_id)
+    # Arguments kept by result_extended, and argsrepr/kwargsrepr shown in their place.
+    for i, text in enumerate(HTML):
+        backend.store(TaskRecord(
+            f"args-{i}", "FAILURE", task="t", args=[text, {"k": text}], kwargs={text: text},
+            args_type="json", argsrepr=text if i % 2 else None,
+            kwargsrepr=text if i % 2 else None).to_stored(), ttl=60)
+    args_pages = [client.get(f"/tasks/args-{i}").text for i in range(len(HTML))]
+    assert all('id="args"' in page for page in args_pages)
+    assert client.get("/api/tasks/args-1").json()["args"] == HTML[1]
+    assert client.get("/api/tasks/args-0").json()["args"] == [HTML[0], {"k": HTML[0]}]
     pages = [client.get("/tasks").text, client.get("/tasks", params={"limit": 200}).text]
     pages += [client.get("/tasks/" + task_id).text for task_id in ids[:len(HTML) + 3]]
+    pages += args_pages
     api = client.get("/api/tasks")
     # JSON is data, never HTML: the browser is told so and must not sniff.
     assert api.headers["content-type"] == "application/json"

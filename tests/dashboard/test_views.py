@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -42,3 +43,40 @@ def test_the_task_view_shows_its_workflow(memory_app: Conveyor) -> None:
     page = client.get("/tasks/wf-second").text
     assert 'href="/tasks/wf-third"' in page and 'href="/tasks/wf-first"' in page
     assert client.get("/api/tasks/wf-third").json()["workflow"][0]["id"] == "wf-first"
+
+
+def test_the_hour_is_read_in_bounded_steps_and_estimated_past_the_bound(
+        memory_app: Conveyor) -> None:
+    from conveyor.contrib.dashboard.history import BackendHistory
+
+    backend = memory_app.backend
+    backend.store_many([TaskRecord(f"many-{i}", "SUCCESS", task="t", updated_at=time.time())
+                        .to_stored() for i in range(50)], ttl=60)
+    exact = BackendHistory(backend, per_minute=100).series()
+    assert sum(m["succeeded"] for m in exact["minutes"]) == 50 and not exact["estimated"]
+    bounded = BackendHistory(backend, per_minute=10)
+    rows = bounded.series()["minutes"]
+    # 59 empty minutes cost one read each; the full one stops after 10 records.
+    assert bounded.reads == 60
+    assert rows[-1]["estimated"] and rows[-1]["succeeded"] >= 10
+    again = bounded.reads
+    bounded.series()  # within the refresh: nothing is read again
+    assert bounded.reads == again
+
+
+def test_wait_time_counts_only_tries_that_waited_in_the_queue() -> None:
+    from conveyor.contrib.dashboard.history import wait_time
+    from conveyor.record import Attempt
+
+    first = TaskRecord("w1", "SUCCESS", sent_at=100.0,
+                       attempts=[Attempt(1, "w", 100.25, 101.0, "success").to_dict()])
+    assert wait_time(first) == 0.25
+    delayed = TaskRecord("w2", "SUCCESS", sent_at=100.0, eta=110.0, attempts=[
+        Attempt(1, "w", 100.5, 100.6, "retry").to_dict(),
+        Attempt(2, "w", 110.5, 111.0, "success").to_dict()])
+    assert wait_time(delayed) == 0.5  # from the retry's due time, not the first send
+    lost = TaskRecord("w3", "SUCCESS", sent_at=100.0, attempts=[
+        Attempt(1, None, None, outcome="lost").to_dict(),
+        Attempt(2, "w", 140.0, 141.0, "success").to_dict()])
+    assert wait_time(lost) is None  # a redelivery waited for a lease, not in the queue
+    assert wait_time(TaskRecord("w4", "PENDING", sent_at=100.0)) is None
