@@ -18,6 +18,10 @@ from tests.dashboard.conftest import DOCS, SCREENSHOTS, Server
 from tests.e2e.conftest import HERE, Pair, Workers, wait_until
 
 
+#: The workers keep arguments in the records (the task page shows them).
+EXTENDED = {"CONVEYOR_RESULT_EXTENDED": "true"}
+
+
 class Site:
     """The module's dashboard, its producer app, queue and workers."""
 
@@ -84,7 +88,7 @@ def test_flow_numbers_change_as_a_worker_drains_a_backlog(site: Site, page: Any)
     page.wait_for_function(
         "q => { const el = document.querySelector(`[data-queue='${q}'] [data-k=ready]`);"
         " return el && Number(el.textContent) >= 41; }", arg=site.queue)
-    site.workers.start("-c", "2")
+    site.workers.start("-c", "2", env=EXTENDED)
     # The same page, not reloaded: server-sent events bring the new numbers.
     page.wait_for_function(
         "q => { const el = document.querySelector(`[data-queue='${q}'] [data-k=ready]`);"
@@ -126,7 +130,7 @@ def test_a_tasks_timeline_after_retries_and_replaying_its_dead_letter(
     marker = site.tmp / f"flaky-{uuid.uuid4().hex}"
     task_id = e2e_tasks.flaky_until.delay(str(marker), 3).id
     if not site.workers.procs:
-        site.workers.start("-c", "2")
+        site.workers.start("-c", "2", env=EXTENDED)
     wait_until(lambda: site.app.broker.stats(site.queue).dead == 1, timeout=60,
                what="the flaky task in the dead-letter queue")
     page.goto(site.url(f"/tasks/{task_id}"))
@@ -136,6 +140,8 @@ def test_a_tasks_timeline_after_retries_and_replaying_its_dead_letter(
     assert [steps.nth(i).get_attribute("class") for i in range(3)] == [
         "retry", "retry", "failure"]
     assert "KeyError" in page.locator("#timeline").inner_text()
+    assert "from the dead letter" in page.locator("h2:has(+ #args)").inner_text()
+    assert str(marker) in page.locator("#args").inner_text()
     shot(page, "task")
 
     page.goto(site.url("/dead"))
@@ -167,3 +173,26 @@ def test_a_dismissed_confirmation_does_nothing(site: Site, page: Any) -> None:
     page.click("#delete-all")
     assert "deleted" in page.locator("#done").inner_text()
     assert site.app.broker.stats(site.queue).dead == 0
+
+
+def test_a_restarted_dashboard_draws_the_past_hour(site: Site, page: Any) -> None:
+    import e2e_tasks
+
+    task_id = e2e_tasks.add.apply_async((20, 22), argsrepr="(<secret>, 22)").id
+    if not site.workers.procs:
+        site.workers.start("-c", "2", env=EXTENDED)
+    wait_until(lambda: (site.app.record(task_id) or object()).__dict__.get("state")
+               == "SUCCESS", timeout=60, what="the task to succeed")
+    # A second dashboard over the same backend, as after a restart: its charts come from
+    # the records, before it has sampled anything of its own.
+    with Server(Dashboard(site.app, sample=False).asgi()) as restarted:
+        page.goto(restarted.url + "/")
+        page.wait_for_function("() => [...document.querySelectorAll('#chart-done rect')]"
+                               ".some(r => Number(r.getAttribute('height')) > 0)")
+        assert page.locator("#chart-wait polyline").count() >= 1
+        assert page.locator("#chart-runtime polyline").count() >= 1
+        assert page.locator("[data-wait=p50]").inner_text().endswith("ms")
+        page.goto(restarted.url + f"/tasks/{task_id}")
+        assert page.locator("#args").inner_text().startswith("args = (<secret>, 22)")
+        assert "from the record" in page.locator("h2:has(+ #args)").inner_text()
+        assert page.locator("#task-wait").inner_text().endswith("(due → last start)")
