@@ -1,7 +1,11 @@
 """The Celery side of the benchmark: the same no-op task with Celery's defaults.
 
 ``bench/run.py`` sets ``BENCH_CELERY_BROKER_URL`` and ``BENCH_CELERY_BACKEND_URL`` (Redis
-databases of their own); nothing else is configured.
+databases of their own, or for ``--pg-peers`` kombu's SQLAlchemy transport
+``sqla+postgresql+psycopg://`` and the ``db+postgresql+psycopg://`` result backend).
+``BENCH_CELERY_POLLING_INTERVAL`` (seconds), when set, is the SQLAlchemy transport's
+``polling_interval`` (kombu's default is 1 s, which an idle worker sleeps between polls);
+nothing else is configured.
 """
 
 import os
@@ -11,6 +15,12 @@ from celery import Celery
 app = Celery("celery_app",
              broker=os.environ.get("BENCH_CELERY_BROKER_URL", "redis://127.0.0.1:6379/2"),
              backend=os.environ.get("BENCH_CELERY_BACKEND_URL", "redis://127.0.0.1:6379/3"))
+if os.environ.get("BENCH_CELERY_POLLING_INTERVAL"):
+    # The SQLAlchemy transport hands every transport option to create_engine(), which
+    # refuses ``polling_interval``; the transport class's own default is set instead.
+    from kombu.transport.sqlalchemy import Transport
+
+    Transport.polling_interval = float(os.environ["BENCH_CELERY_POLLING_INTERVAL"])
 
 
 @app.task
