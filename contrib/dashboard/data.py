@@ -168,12 +168,13 @@ class Reader:
             except Exception:
                 rows.append({"id": stored.task_id, "state": stored.state, "task": stored.name,
                              "queue": stored.queue, "worker": stored.worker,
-                             "updated_at": None, "retries": None, "runtime": None})
+                             "updated_at": None, "retries": None, "runtime": None,
+                             "wait": None})
                 continue
             rows.append({"id": record.task_id, "state": record.state, "task": record.task,
                          "queue": record.queue, "worker": record.worker,
                          "updated_at": record.updated_at, "retries": record.retries,
-                         "runtime": run_time(record)})
+                         "runtime": run_time(record), "wait": wait_time(record)})
         return {"tasks": rows, "cursor": page.cursor}
 
     def task(self, task_id: str) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ from prometheus_client.registry import Collector
 
 from conveyor.contrib.dashboard.data import Reader
 
-#: Run-time histogram bucket bounds, seconds.
+#: Run-time and wait-time histogram bucket bounds, seconds.
 BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
 
 
@@ -55,25 +55,32 @@ class _Collector(Collector):
                                    labels=["state", "task"])
         by: dict[tuple[str, str], int] = {}
         runtimes: list[tuple[str, float]] = []
+        waits: list[tuple[str, float]] = []
         for row in reader.tasks(limit=500)["tasks"]:
             key = (str(row["state"]), str(row["task"] or ""))
             by[key] = by.get(key, 0) + 1
             if row["state"] == "SUCCESS" and row["runtime"] is not None:
                 runtimes.append((str(row["task"] or ""), float(row["runtime"])))
+            if row.get("wait") is not None:
+                waits.append((str(row["task"] or ""), float(row["wait"])))
         for (state, task), count in sorted(by.items()):
             states.add_metric([state, task], count)
         yield states
-        hist = HistogramMetricFamily("conveyor_task_runtime_seconds",
-                                     "Run time of the latest successful tasks (of the latest "
-                                     "500 records)", labels=["task"])
-        names = sorted({task for task, _ in runtimes})
-        for task in names:
-            values = [v for t, v in runtimes if t == task]
-            buckets: list[tuple[str, float]] = [
-                (repr(b), float(sum(1 for v in values if v <= b))) for b in BUCKETS]
-            buckets.append(("+Inf", float(len(values))))
-            hist.add_metric([task], buckets, sum_value=sum(values))
-        yield hist
+        yield _histogram("conveyor_task_runtime_seconds", "Run time of the latest successful "
+                         "tasks (of the latest 500 records)", runtimes)
+        yield _histogram("conveyor_task_wait_seconds", "Wait from due to the last start of "
+                         "the latest tasks (of the latest 500 records)", waits)
+
+
+def _histogram(name: str, doc: str, values: list[tuple[str, float]]) -> Metric:
+    hist = HistogramMetricFamily(name, doc, labels=["task"])
+    for task in sorted({task for task, _ in values}):
+        mine = [v for t, v in values if t == task]
+        buckets: list[tuple[str, float]] = [
+            (repr(b), float(sum(1 for v in mine if v <= b))) for b in BUCKETS]
+        buckets.append(("+Inf", float(len(mine))))
+        hist.add_metric([task], buckets, sum_value=sum(mine))
+    return hist
 
 
 def render_metrics(reader: Reader) -> tuple[bytes, str]:

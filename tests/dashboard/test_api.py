@@ -151,8 +151,9 @@ def test_a_restarted_dashboard_rebuilds_the_hour_and_retries_from_stored_argumen
     workers.start("-c", "2", env={"CONVEYOR_RESULT_EXTENDED": "true"})
     wait_until(lambda: client.get("/api/queues").json()[queue]["dead"] == 1,
                timeout=60, what="the flaky task dead-lettered")
-    wait_until(lambda: len(_tasks(client, queue=queue, state="SUCCESS")) == 6,
-               timeout=60, what="six successes listed")
+    wait_until(lambda: len(_tasks(client, queue=queue, state="SUCCESS")) == 6
+               and len(_tasks(client, queue=queue, state="FAILURE")) == 1,
+               timeout=60, what="six successes and the failure listed")
 
     # A dashboard started now (a restart: nothing sampled, nothing in memory) charts what
     # the backend holds: every outcome and retry, with wait and run times.
@@ -168,6 +169,9 @@ def test_a_restarted_dashboard_rebuilds_the_hour_and_retries_from_stored_argumen
     assert [p for p in history["depth"] if p["depth"].get(queue) == 7]
     assert again.reader.backend_history is not None
     assert again.reader.backend_history.reads <= 60 + 1  # one read a minute, bounded
+    metrics = client.get("/metrics").text
+    assert 'conveyor_task_wait_seconds_count{task="e2e_tasks.add"} 6.0' in metrics
+    assert 'conveyor_task_runtime_seconds_count{task="e2e_tasks.add"} 6.0' in metrics
 
     # result_extended: the arguments are in the record; argsrepr replaces what is shown.
     view = client.get(f"/api/tasks/{adds[3]}").json()

@@ -17,7 +17,6 @@ from conveyor.contrib.dashboard import Dashboard
 from tests.dashboard.conftest import DOCS, SCREENSHOTS, Server
 from tests.e2e.conftest import HERE, Pair, Workers, wait_until
 
-
 #: The workers keep arguments in the records (the task page shows them).
 EXTENDED = {"CONVEYOR_RESULT_EXTENDED": "true"}
 

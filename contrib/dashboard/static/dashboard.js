@@ -62,8 +62,9 @@ function bars(svg, series, start, span, keys) {
   return max;
 }
 
-function lines(svg, points, start, span, keys) {
-  // One polyline per key over points {at, values}; gaps where a point has no value.
+function lines(svg, points, start, span, keys, dots) {
+  // One polyline per key over points {at, values}; gaps where a point has no value; with
+  // dots, a mark on each point too (a minute alone still shows).
   var max = 0;
   points.forEach(function (p) { keys.forEach(function (k) { if (p.values[k.name] != null) max = Math.max(max, p.values[k.name]); }); });
   var out = keys.map(function (k) {
@@ -75,8 +76,12 @@ function lines(svg, points, start, span, keys) {
     });
     if (run.length) runs.push(run);
     return runs.map(function (r) {
+      var marks = dots ? r.map(function (xy) {
+        var c = xy.split(",");
+        return '<circle cx="' + c[0] + '" cy="' + c[1] + '" r="2.5" fill="' + k.color + '"/>';
+      }).join("") : "";
       if (r.length === 1) r.push((Number(r[0].split(",")[0]) + 4).toFixed(1) + "," + r[0].split(",")[1]);
-      return '<polyline fill="none" stroke="' + k.color + '" stroke-width="2" points="' + r.join(" ") + '"/>';
+      return '<polyline fill="none" stroke="' + k.color + '" stroke-width="2" points="' + r.join(" ") + '"/>' + marks;
     }).join("");
   }).join("");
   svg.innerHTML = axis(start, start + span) + out;
@@ -104,7 +109,7 @@ function drawCharts(history) {
     var points = series.filter(function (s) { return s[pair[1]]; }).map(function (s) {
       return {at: s.minute + 30, values: s[pair[1]]};
     });
-    setText("[data-chart-max=" + pair[1] + "]", ms(lines(svg, points, start, span, PCT) || null));
+    setText("[data-chart-max=" + pair[1] + "]", ms(lines(svg, points, start, span, PCT, true) || null));
   });
   var depth = document.getElementById("chart-depth");
   var points = history.depth || [];
@@ -129,7 +134,7 @@ function drawCharts(history) {
     }
     setText("[data-chart-max=depth]", m);
   }
-  setText("[data-chart-span]", Math.round(span / 60) + " min");
+  setText("[data-chart-span]", Math.ceil(span / 60) + " min");
   ["p50", "p90", "p99"].forEach(function (k) {
     setText("[data-runtime=" + k + "]", ms((history.runtime || {})[k]));
     setText("[data-wait=" + k + "]", ms((history.wait || {})[k]));
