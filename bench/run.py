@@ -489,7 +489,7 @@ def report(systems: dict[str, System], meta: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=None if sys.stdout.isatty() else 200)
+    console = Console(width=None if sys.stdout.isatty() else 250)
     names = list(systems)
     table = Table(title=f"medians of {meta['rounds']} rounds, N={meta['n']:,}, "
                         f"{meta['roundtrips']} round trips, {meta['nproc']} cores, "
@@ -526,7 +526,8 @@ def report(systems: dict[str, System], meta: dict[str, Any]) -> None:
 # -- main -----------------------------------------------------------------------------------
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=20000, help="tasks per enqueue and drain")
+    parser.add_argument("--n", type=int,
+                        help="tasks per enqueue and drain (20,000; 10,000 with --pg-peers)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--roundtrips", type=int, default=500)
     parser.add_argument("--only", choices=["redis", "postgres"],
@@ -535,7 +536,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--postgres-url", help="use this database (conveyor_* tables wiped)")
     parser.add_argument("--json", type=Path, help="save the raw results here")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke test: n=2000, rounds=1, 100 round trips")
+                        help="smoke test: n=2000, rounds=1, 100 round trips, no warm-up")
+    parser.add_argument("--warmup", type=int, default=500, metavar="N",
+                        help="before round 1, one discarded round of N tasks per system "
+                             "(default 500; 0: none)")
     peers = parser.add_argument_group("PostgreSQL comparison (issue 16)")
     peers.add_argument("--pg-peers", action="store_true",
                        help="conveyor on PostgreSQL beside pgqueuer, procrastinate and Celery "
@@ -549,8 +553,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                        help="MariaDB/MySQL server for conveyor-mariadb (a fresh database is "
                             "made on it and dropped)")
     args = parser.parse_args(argv)
+    if args.n is None:
+        args.n = 10000 if args.pg_peers else 20000
     if args.quick:
-        args.n, args.rounds, args.roundtrips = 2000, 1, 100
+        args.n, args.rounds, args.roundtrips, args.warmup = 2000, 1, 100, 0
     if args.systems:
         args.systems = [name.strip() for name in args.systems.split(",") if name.strip()]
         unknown = sorted(set(args.systems) - set(PG_SYSTEMS))
@@ -674,6 +680,7 @@ def main(argv: list[str]) -> int:
     meta: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "n": args.n, "rounds": args.rounds, "roundtrips": args.roundtrips,
+        "warmup": args.warmup, "argv": argv,
         "nproc": os.cpu_count(), "python": platform.python_version(), "git": _git_state()}
 
     def log(text: str) -> None:
@@ -692,6 +699,19 @@ def main(argv: list[str]) -> int:
         try:
             order = list(systems)
             loads = []
+            if args.warmup:
+                log(f"warm-up, discarded: {args.warmup} tasks per system "
+                    f"(load {load_average()})")
+                for name in order:
+                    system = systems[name]
+                    saved, system.n = system.n, min(args.warmup, system.n or args.warmup)
+                    try:
+                        measure(system, args.warmup, min(args.roundtrips, 50), work,
+                                log=lambda text: log("  (warm-up)" + text[1:]), live=live)
+                    except (RuntimeError, subprocess.TimeoutExpired, TimeoutError) as exc:
+                        log(f"  {name}: warm-up FAILED: {exc}")
+                    finally:
+                        system.n = saved
             for r in range(args.rounds):
                 turn = order[r % len(order):] + order[:r % len(order)]
                 loads.append(load_average())
@@ -703,7 +723,8 @@ def main(argv: list[str]) -> int:
                     except (RuntimeError, subprocess.TimeoutExpired, TimeoutError) as exc:
                         log(f"  {name}: FAILED: {exc}")
                         result = {"error": str(exc)}
-                    systems[name].results.append({"round": r + 1, **result})
+                    systems[name].results.append({"round": r + 1, "load": loads[-1],
+                                                  **result})
             loads.append(load_average())
             meta["load"] = f"{loads[0]} .. {loads[-1]}"
             meta["loads"] = loads
