@@ -4,7 +4,8 @@ Every ``worker_heartbeat_interval`` the worker writes its entry ``worker:<hostna
 an expiry of three intervals, so a worker killed with SIGKILL drops out of the registry
 within three heartbeats; a graceful stop deletes it at once. Twice a second it refreshes the
 revoked-ids cache (ending running tasks revoked with ``terminate=True``), once a second it
-reads its control queue.
+reads its control queue: on a broker declaring ``idle_wait`` (billed per request: SQS) a thread
+of its own long-polls the control queue instead, one request per ``idle_wait`` while idle.
 """
 
 from __future__ import annotations
@@ -95,10 +96,19 @@ class WorkerAgent:
             except ConveyorError as exc:
                 log.warning("could not register the worker yet: %s", exc)
         threading.Thread(target=self.run, name="conveyor-agent", daemon=True).start()
+        if self._long_polls:
+            threading.Thread(target=self._command_loop, name="conveyor-agent-commands",
+                             daemon=True).start()
+
+    @functools.cached_property
+    def _long_polls(self) -> bool:
+        return bool(self.app.broker.capabilities.idle_wait)
 
     def stop(self) -> None:
         """Stop the thread and remove the registry entry."""
         self._stop.set()
+        if self._long_polls:
+            self.app.broker.wake()
         if self.enabled:
             try:
                 self.app.backend.delete_entry(self.key)
@@ -118,7 +128,7 @@ class WorkerAgent:
                         last_beat = now
                         self.register()
                 # Reading the control queue is a claim (a write on SQL): once a second.
-                if now - last_read >= COMMAND_TICK:
+                if not self._long_polls and now - last_read >= COMMAND_TICK:
                     last_read = now
                     self._read_commands()
             except ConveyorError as exc:
@@ -133,9 +143,25 @@ class WorkerAgent:
                 log.warning("terminated revoked task %s", task_id)
 
     # -- control channel ------------------------------------------------------------------
-    def _read_commands(self) -> None:
+    def _command_loop(self) -> None:
+        """Long polls of the control queue until stopped (see the module docstring)."""
+        wait = self.app.broker.capabilities.idle_wait or COMMAND_TICK
+        pause = 0.1
+        while not self._stop.is_set():
+            try:
+                self._read_commands(wait)
+                pause = 0.1
+            except ConveyorError as exc:
+                log.warning("worker agent: %s (retrying)", exc)
+                self._stop.wait(pause)
+                pause = min(pause * 2, 5.0)
+            except Exception:
+                log.exception("worker agent failed to read its control queue; retrying")
+                self._stop.wait(1.0)
+
+    def _read_commands(self, wait: float = 0.0) -> None:
         broker = self.app.broker
-        for res in broker.reserve([self.queue], lease=30.0, wait=0.0, limit=10):
+        for res in broker.reserve([self.queue], lease=30.0, wait=wait, limit=10):
             command = decode_command(res.body)
             if command is None:
                 log.warning("ignoring an expired or malformed control message %s",
