@@ -59,7 +59,14 @@ from conveyor.backend import (
 )
 from conveyor.exceptions import ConfigurationError, ConnectionLostError
 from conveyor.states import READY_STATES
-from conveyor.stores.aws import AwsErrors, client_defaults, error_code, make_client, options_of
+from conveyor.stores.aws import (
+    AwsErrors,
+    check_bucket,
+    client_defaults,
+    error_code,
+    make_client,
+    options_of,
+)
 from conveyor.url import URL
 
 _DEFAULTS: dict[str, Any] = {**client_defaults(), "threads": 16, "poll_interval": 1.0}
@@ -365,15 +372,9 @@ class S3ResultBackend(ResultBackend):
 
     # -- administration -------------------------------------------------------------------
     def ping(self) -> None:
-        """HeadBucket: reachability, credentials, and that the bucket exists."""
-        with self._errors:
-            try:
-                self._s3.head_bucket(Bucket=self._bucket)
-            except ClientError as exc:
-                if error_code(exc) in _MISSING:
-                    raise ClientError({"Error": {"Code": "NoSuchBucket", "Message": ""}},
-                                      "HeadBucket") from exc
-                raise
+        """HeadBucket: reachability, credentials, that the bucket exists and is in the
+        client's region (:func:`~conveyor.stores.aws.check_bucket`)."""
+        check_bucket(self._s3, self._bucket)
 
     def info(self) -> dict[str, str]:
         """Region, bucket and prefix, for ``conveyor check``."""

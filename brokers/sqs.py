@@ -3,13 +3,20 @@
 One SQS queue per conveyor queue, named ``<prefix><queue>`` (``conveyor-`` by default) and
 created on first use unless ``create_queues=false``; its dead letters live in a companion
 queue ``<prefix><queue>-dlq``, each carrying its reason, original id and time as message
-attributes. A queue whose name ends in ``.fifo`` is an SQS FIFO queue (one message group per
-``message_group`` option, a deduplication id per send).
+attributes. A queue whose name ends in ``.fifo`` is an SQS FIFO queue: each message goes in
+the group named by its ``message_group`` (``apply_async(message_group=...)`` or the task's
+option; the URL's ``message_group`` when it has none), so messages of one key come in send
+order, one at a time, while other keys go on; each send carries a fresh deduplication id,
+which SQS uses to drop the copies of botocore's retries of that request.
 
 How the interface maps onto SQS:
 
 * ``reserve`` is ReceiveMessage (up to 10, long polling up to ``wait_time_seconds``) with the
-  lease as its VisibilityTimeout; ``attempts`` is ApproximateReceiveCount.
+  lease as its VisibilityTimeout; ``attempts`` is ApproximateReceiveCount. The capabilities
+  declare ``idle_wait=wait_time_seconds``, so an idle worker makes one request per 20 s. A
+  long poll runs on a helper thread and :meth:`SQSBroker.wake` abandons it (the worker's
+  shutdown): messages it still receives are given back by the driver, or, when the process
+  has gone, come back once their visibility timeout (the lease) lapses: never lost.
 * ``extend`` and ``nack(delay)`` are ChangeMessageVisibility; ``ack``/``ack_many`` are
   DeleteMessage(Batch); ``enqueue_many`` is SendMessageBatch; delays are DelaySeconds (up to
   ``max_delay`` <= 900 s; the core hops longer ones).
@@ -20,9 +27,11 @@ How the interface maps onto SQS:
   run out send nothing and report it lost.
 * **Bodies** go as text when they are valid UTF-8 that SQS accepts, else base64. A body too
   large for ``max_message_size`` (256 KiB by default) is put in S3 under
-  ``large_payload_bucket`` and the message carries a pointer; the object is deleted by the ack
-  of a live lease and by ``delete_dead`` (anything else is left to a bucket lifecycle rule).
-  Without a bucket such a send fails at once, naming the limit and the option.
+  ``large_payload_bucket`` (:class:`conveyor.stores.aws.LargePayloads`) and the message
+  carries a pointer; the object is deleted by the ack of a live lease and by ``delete_dead``
+  (anything else is left to a bucket lifecycle rule). Without a bucket the capabilities
+  declare ``max_message_size``, so the core refuses a larger body at send time, naming the
+  limit and the option.
 * **purge** deletes the ready messages it can receive and, since SQS cannot remove a delayed
   message without also removing reserved ones (PurgeQueue drops both), tags the queue with the
   purge time: a delayed message sent before it is deleted when it first comes due.
@@ -33,7 +42,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import math
 import re
 import threading
@@ -53,7 +61,14 @@ from conveyor.exceptions import (
     DriverError,
     ValueRefusedError,
 )
-from conveyor.stores.aws import AwsErrors, client_defaults, error_code, make_client, options_of
+from conveyor.stores.aws import (
+    AwsErrors,
+    LargePayloads,
+    client_defaults,
+    error_code,
+    make_client,
+    options_of,
+)
 from conveyor.url import URL
 
 _DEFAULTS: dict[str, Any] = {
@@ -84,8 +99,13 @@ _SPARE_PAUSE = 10.0
 #: How long ``ack_many`` of a part batch waits before sending it: the worker's completer
 #: gathers the acks that finish meanwhile into its next call, so deletes go 10 a request.
 _ACK_LINGER = 0.25
-_RECEIVE = {"MessageSystemAttributeNames": ["ApproximateReceiveCount", "SentTimestamp"],
+_RECEIVE = {"MessageSystemAttributeNames": ["ApproximateReceiveCount", "SentTimestamp",
+                                            "MessageGroupId"],
             "MessageAttributeNames": ["All"]}
+#: How often a waiting ``reserve`` looks for a :meth:`SQSBroker.wake` (seconds).
+_WAKE_CHECK = 0.1
+_TOO_LARGE = ("set large_payload_bucket=BUCKET[/PREFIX] on the broker URL to send large "
+              "bodies through S3")
 
 
 @dataclass
@@ -99,12 +119,23 @@ class _Lease:
     text: str
     attributes: dict[str, Any]
     pointer: tuple[str, str] | None = None
+    group: str | None = None
 
     def alive(self, margin: float = 0.0) -> bool:
         return time.monotonic() < self.deadline - margin
 
     def end(self) -> None:
         self.deadline = -math.inf
+
+
+@dataclass
+class _Poll:
+    """One long poll on a helper thread; ``abandoned`` when its ``reserve`` stopped waiting."""
+
+    done: threading.Event
+    result: list[Reservation] | None = None
+    error: BaseException | None = None
+    abandoned: bool = False
 
 
 def _seconds(value: float, *, low: int = 0, high: int = _MAX_VISIBILITY) -> int:
@@ -134,12 +165,15 @@ class SQSBroker(Broker):
     ``wait_time_seconds`` (longest long poll, 1-20, default 20), ``create_queues`` (default
     true), ``max_delay`` (the delay hop, at most 900 s), ``large_payload_bucket``
     (``bucket[/prefix]``), ``max_message_size`` (bytes, default 262144), ``message_group``
-    (FIFO queues), ``connect_timeout``, ``max_attempts``.
+    (the group of FIFO messages sent without one, default ``default``), ``connect_timeout``,
+    ``max_attempts``.
     """
 
     capabilities: ClassVar[BrokerCapabilities] = BrokerCapabilities(
         max_delay=900.0, max_lease=float(_MAX_VISIBILITY), time_resolution=1.0,
-        exact_stats=False, fifo=False, blocking_reserve=True)
+        exact_stats=False, fifo=False, blocking_reserve=True, message_groups=True,
+        idle_wait=20.0)
+    large_message_hint: ClassVar[str] = _TOO_LARGE
 
     def __init__(self, url: URL, **options: Any) -> None:
         super().__init__(url)
@@ -154,20 +188,23 @@ class SQSBroker(Broker):
         self._create = bool(opts["create_queues"])
         self._max_size = int(opts["max_message_size"])
         self._group = str(opts["message_group"])
-        bucket, _, key_prefix = str(opts["large_payload_bucket"]).partition("/")
-        self._payload_bucket = bucket
-        self._payload_prefix = (key_prefix.rstrip("/") + "/" if key_prefix else "") + "payloads/"
+        location = str(opts["large_payload_bucket"])
+        self._payloads = LargePayloads(location, opts) if location.partition("/")[0] else None
+        #: Reads and deletes the payloads pointers name (in any bucket: a sender's option).
+        self._pointers = self._payloads or LargePayloads("", opts)
         max_delay = float(opts["max_delay"])
         if not 1 <= max_delay <= 900:
             raise ConfigurationError(f"max_delay={max_delay:g} in {url.masked!r}: SQS delays "
                                      "messages by 1 to 900 seconds")
-        if max_delay != self.capabilities.max_delay:
-            # Per instance: the hop length is a URL option (tests shorten it).
-            vars(self)["capabilities"] = replace(self.capabilities, max_delay=max_delay)
+        # Per instance: the hop length, the long poll and the size limit are URL options.
+        vars(self)["capabilities"] = replace(
+            self.capabilities, max_delay=max_delay, idle_wait=float(self._wait_cap),
+            max_message_size=(None if self._payloads is not None
+                              else self._max_size - _ATTRIBUTE_ROOM))
         self._opts = opts
         self._errors = AwsErrors("sqs", "")
         self._sqs = make_client("sqs", opts, read_timeout=self._wait_cap + 15.0)
-        self._s3: Any = None
+        self._wakes = self._woken = 0
         self._urls: dict[str, str] = {}
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
@@ -209,9 +246,11 @@ class SQSBroker(Broker):
                 if not create:
                     return None
                 if not self._create:
+                    region = self._sqs.meta.region_name
                     raise AuthenticationError(
-                        f"sqs queue {name!r} does not exist and create_queues=false: create "
-                        f"it (aws sqs create-queue --queue-name {name}) or drop "
+                        f"sqs queue {name!r} does not exist in region {region} and "
+                        f"create_queues=false: create it (aws sqs create-queue --queue-name "
+                        f"{name} --region {region}), set ?region= to where it is, or drop "
                         "create_queues=false from the broker URL") from exc
                 attributes = {"VisibilityTimeout": str(self._visibility)}
                 if name.endswith(".fifo"):
@@ -225,12 +264,6 @@ class SQSBroker(Broker):
         found = self._url(queue, dead=dead, create=True)
         assert found is not None  # create=True returns a URL or raises
         return found
-
-    def _s3_client(self) -> Any:
-        with self._lock:
-            if self._s3 is None:
-                self._s3 = make_client("s3", self._opts)
-            return self._s3
 
     def _map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
         if len(items) <= 1:
@@ -253,16 +286,13 @@ class SQSBroker(Broker):
             text = base64.b64encode(body).decode("ascii") or "="
             attributes[_ENC] = _text("b64")
         if len(text.encode("utf-8")) > self._max_size - _ATTRIBUTE_ROOM:
-            if not self._payload_bucket:
+            # Past the declared limit the core refused it already; this is a binary body
+            # whose base64 text outgrew the limit.
+            if self._payloads is None:
                 raise ValueRefusedError(
                     f"message of {len(body)} bytes is larger than SQS takes (max_message_size="
-                    f"{self._max_size} bytes, attributes included): set "
-                    "large_payload_bucket=BUCKET on the broker URL to send large bodies "
-                    "through S3")
-            key = f"{self._payload_prefix}{uuid.uuid4().hex}"
-            with AwsErrors("s3", f"bucket {self._payload_bucket!r}"):
-                self._s3_client().put_object(Bucket=self._payload_bucket, Key=key, Body=body)
-            text = json.dumps({"bucket": self._payload_bucket, "key": key})
+                    f"{self._max_size} bytes, base64 and attributes included): {_TOO_LARGE}")
+            text = self._payloads.put(body)
             attributes[_ENC] = _text("s3")
         return text, attributes
 
@@ -273,19 +303,14 @@ class SQSBroker(Broker):
             return base64.b64decode(text), None
         if enc != "s3":
             return text.encode("utf-8"), None
-        pointer = json.loads(text)
-        where = (str(pointer["bucket"]), str(pointer["key"]))
-        with AwsErrors("s3", f"bucket {where[0]!r}"):
-            try:
-                got = self._s3_client().get_object(Bucket=where[0], Key=where[1])
-            except ClientError as exc:
-                if error_code(exc) != "NoSuchKey":
-                    raise
-                # The core dead-letters it as undecodable; the pointer stays in the reason.
-                return f"large payload s3://{where[0]}/{where[1]} is missing".encode(), where
-            return bytes(got["Body"].read()), where
+        body, where = self._pointers.get(text)
+        if body is None:
+            # The core dead-letters it as undecodable; the pointer stays in the reason.
+            return f"large payload s3://{where[0]}/{where[1]} is missing".encode(), where
+        return body, where
 
-    def _entry(self, queue: str, message: bytes, delay: float) -> dict[str, Any]:
+    def _entry(self, queue: str, message: bytes, delay: float,
+               group: str | None) -> dict[str, Any]:
         text, attributes = self._pack(bytes(message))
         entry: dict[str, Any] = {"MessageBody": text}
         if queue.endswith(".fifo"):
@@ -293,7 +318,7 @@ class SQSBroker(Broker):
                 raise ConfigurationError(
                     f"queue {queue!r} is an SQS FIFO queue, which has no per-message delay: "
                     "send countdown, eta and retry delays to a standard queue")
-            entry["MessageGroupId"] = self._group
+            entry["MessageGroupId"] = group or self._group
             entry["MessageDeduplicationId"] = uuid.uuid4().hex
         elif delay > 0:
             limit = self.capabilities.max_delay or 900.0
@@ -304,20 +329,22 @@ class SQSBroker(Broker):
         return entry
 
     # -- producing ------------------------------------------------------------------------
-    def enqueue(self, queue: str, message: bytes, *, delay: float = 0.0) -> str:
-        """SendMessage; durable when it returns."""
-        entry = self._entry(queue, message, delay)
+    def enqueue(self, queue: str, message: bytes, *, delay: float = 0.0,
+                message_group: str | None = None) -> str:
+        """SendMessage; durable when it returns. ``message_group`` is the FIFO group (standard
+        queues ignore it)."""
+        entry = self._entry(queue, message, delay, message_group)
         url = self._need(queue)
         with self._errors:
             return str(self._sqs.send_message(QueueUrl=url, **entry)["MessageId"])
 
-    def enqueue_many(self, queue: str, messages: Sequence[bytes], *,
-                     delay: float = 0.0) -> list[str]:
-        """SendMessageBatch, 10 messages (and at most ``max_message_size`` bytes) a request;
-        not atomic as a whole (a failure may leave earlier batches sent)."""
+    def enqueue_many(self, queue: str, messages: Sequence[bytes], *, delay: float = 0.0,
+                     message_group: str | None = None) -> list[str]:
+        """SendMessageBatch, 10 messages (and at most ``max_message_size`` bytes) a request,
+        in order; not atomic as a whole (a failure may leave earlier batches sent)."""
         if not messages:
             return []
-        entries = [self._entry(queue, m, delay) for m in messages]
+        entries = [self._entry(queue, m, delay, message_group) for m in messages]
         url = self._need(queue)
         ids: list[str] = []
         batch: list[dict[str, Any]] = []
@@ -358,30 +385,94 @@ class SQSBroker(Broker):
         """ReceiveMessage, earlier queues first. One queue is long-polled for the whole wait
         (at most ``wait_time_seconds`` a request); with several, all but the last are
         short-polled and the last long-polled for a second, in turns, until ``wait`` ends.
-        Waits are rounded up to whole seconds (``time_resolution=1.0``)."""
+        Waits are rounded up to whole seconds (``time_resolution=1.0``). Long polls run on a
+        helper thread, so :meth:`wake` ends the wait at once."""
         if isinstance(queues, str):
             queues = [queues]
         if not queues or limit < 1:
             return []
         visibility = _seconds(lease, low=1)
         deadline = time.monotonic() + max(wait, 0.0)
+        if wait > 0 and self._wakes != self._woken:  # a wake() while none was waiting
+            self._woken = self._wakes
+            return []
+        start = self._wakes
         while True:
             for i, queue in enumerate(queues):
                 got = self._take_spare(queue, limit, visibility)
                 if got:
                     return got
                 left = deadline - time.monotonic()
-                poll = 0
+                count = self._batch(queue, limit)
                 if i == len(queues) - 1 and left > 0.05:
                     poll = min(self._wait_cap, math.ceil(left)) if len(queues) == 1 else 1
-                got = self._receive(queue, visibility, self._batch(queue, limit), poll)
+                    found = self._long_poll(queue, visibility, count, poll, start)
+                    if found is None:  # woken
+                        return []
+                    got = found
+                else:
+                    got = self._receive(queue, visibility, count, 0)
                 if len(got) > limit:
                     self._keep_spare(queue, got[limit:])
                     got = got[:limit]
                 if got:
                     return got
-            if deadline - time.monotonic() <= 0.05:
+            if deadline - time.monotonic() <= 0.05 or self._woken_since(start):
                 return []
+
+    def wake(self) -> None:
+        """End the waits of the ``reserve`` calls blocked now (or of the next one, when none
+        is). Lock-free, so a signal handler may call it; an abandoned long poll goes on alone
+        and what it receives is given back (see the module docstring)."""
+        self._wakes += 1
+
+    def _woken_since(self, start: int) -> bool:
+        """Whether :meth:`wake` was called since the wake count was ``start``."""
+        wakes = self._wakes
+        if wakes == start:
+            return False
+        self._woken = wakes
+        return True
+
+    def _long_poll(self, queue: str, visibility: int, count: int, poll: int,
+                   start: int) -> list[Reservation] | None:
+        """One long-polling receive on a helper thread; None when :meth:`wake` ended the
+        wait first (the receive's messages then become spares, given back soon)."""
+        box = _Poll(threading.Event())
+
+        def run() -> None:
+            try:
+                box.result = self._receive(queue, visibility, count, poll)
+            except BaseException as exc:  # handed to the waiting reserve, or dropped
+                box.error = exc
+            with self._lock:
+                abandoned = box.abandoned
+                box.done.set()
+            if abandoned and box.result:
+                self._abandoned(queue, box.result)
+
+        threading.Thread(target=run, daemon=True, name="conveyor-sqs-poll").start()
+        while not box.done.wait(_WAKE_CHECK):
+            if self._woken_since(start) or self._closed.is_set():
+                with self._lock:
+                    if not box.done.is_set():
+                        box.abandoned = True
+                        return None
+                break
+        if box.error is not None:
+            raise box.error
+        assert box.result is not None
+        return box.result
+
+    def _abandoned(self, queue: str, got: list[Reservation]) -> None:
+        """Messages a woken (abandoned) long poll received: spares for the next ``reserve``,
+        given back after :data:`_SPARE_HOLD`; at once when closed (and, should that fail,
+        their leases lapse: delivered again, never lost)."""
+        if not self._closed.is_set():
+            self._keep_spare(queue, got)
+            return
+        with contextlib.suppress(DriverError):
+            self._release([r for r in got if r.receipt.alive(_MARGIN)])
 
     def _take_spare(self, queue: str, limit: int, visibility: int) -> list[Reservation]:
         """Up to ``limit`` spare reservations of ``queue`` with at least two thirds of the
@@ -440,7 +531,8 @@ class SQSBroker(Broker):
             attributes = m.get("MessageAttributes", {})
             body, pointer = self._unpack(m["Body"], attributes)
             receipt = _Lease(url, m["ReceiptHandle"], started + visibility, started,
-                             m["Body"], attributes, pointer)
+                             m["Body"], attributes, pointer,
+                             m["Attributes"].get("MessageGroupId"))
             return Reservation(queue, _attr(attributes, _ID) or m["MessageId"], body,
                                int(m["Attributes"]["ApproximateReceiveCount"]), receipt=receipt)
 
@@ -484,16 +576,9 @@ class SQSBroker(Broker):
                     for i, h in enumerate(handles[start:start + 10])])
 
     def _drop_payloads(self, leases: Iterable[_Lease]) -> None:
-        by_bucket: dict[str, list[str]] = {}
-        for lease in leases:
-            if lease.pointer is not None:
-                by_bucket.setdefault(lease.pointer[0], []).append(lease.pointer[1])
-        for bucket, keys in by_bucket.items():
-            for start in range(0, len(keys), 1000):
-                with AwsErrors("s3", f"bucket {bucket!r}"):
-                    self._s3_client().delete_objects(Bucket=bucket, Delete={
-                        "Objects": [{"Key": k} for k in keys[start:start + 1000]],
-                        "Quiet": True})
+        places = [lease.pointer for lease in leases if lease.pointer is not None]
+        if places:
+            self._pointers.delete(places)
 
     def ack(self, reservation: Reservation) -> None:
         """DeleteMessage (and the large payload) while the lease holds; idempotent. A lapsed
@@ -567,7 +652,7 @@ class SQSBroker(Broker):
         attributes[_DEAD_AT] = _text(repr(time.time()))
         entry: dict[str, Any] = {"MessageBody": lease.text, "MessageAttributes": attributes}
         if reservation.queue.endswith(".fifo"):
-            entry["MessageGroupId"] = self._group
+            entry["MessageGroupId"] = lease.group or self._group
             entry["MessageDeduplicationId"] = uuid.uuid4().hex
         url = self._need(reservation.queue, dead=True)
         with self._errors:
@@ -680,21 +765,26 @@ class SQSBroker(Broker):
 
     def ping(self) -> None:
         """ListQueues under the prefix: reachability and credentials. With
-        ``create_queues=false`` it also fails when no queue under the prefix exists (a
-        missing single queue is reported by the first send or reserve on it)."""
+        ``create_queues=false`` it also fails when no queue under the prefix exists in the
+        region (a missing single queue is reported by the first send or reserve on it). The
+        large-payload bucket must exist, in the same region (:func:`check_bucket`)."""
         with self._errors:
             found = self._sqs.list_queues(QueueNamePrefix=self._prefix or "conveyor",
                                           MaxResults=1)
         if not self._create and not found.get("QueueUrls"):
+            region = self._sqs.meta.region_name
             raise AuthenticationError(
-                f"sqs: no queue named {self._prefix}* exists and create_queues=false: create "
-                f"the queues (aws sqs create-queue --queue-name {self._prefix}default) or drop "
-                "create_queues=false from the broker URL")
+                f"sqs: no queue named {self._prefix}* exists in region {region} and "
+                f"create_queues=false: create the queues (aws sqs create-queue --queue-name "
+                f"{self._prefix}default --region {region}), set ?region= to where they are, "
+                "or drop create_queues=false from the broker URL")
+        if self._payloads is not None:
+            self._payloads.check()
 
     def info(self) -> dict[str, str]:
         """Region, prefix and the large-payload bucket, for ``conveyor check``."""
         return {"region": str(self._sqs.meta.region_name), "prefix": self._prefix,
-                "large_payload_bucket": self._payload_bucket or "-"}
+                "large_payload_bucket": self._payloads.bucket if self._payloads else "-"}
 
     def close(self) -> None:
         """Give spare messages back, close the HTTP connections and the payload thread
@@ -708,6 +798,6 @@ class SQSBroker(Broker):
             self._release(spare)
         if pool is not None:
             pool.shutdown(wait=False)
-        for client in (self._sqs, self._s3):
-            if client is not None and hasattr(client, "close"):
-                client.close()
+        self._pointers.close()
+        if hasattr(self._sqs, "close"):
+            self._sqs.close()

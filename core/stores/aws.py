@@ -8,13 +8,17 @@ ones. Credentials are optional: without them boto3's usual chain applies (enviro
 ``aws_secret_access_key`` query options or as the URL's user info (``sqs://KEY:SECRET@``);
 either way :class:`~conveyor.url.URL` masks the secret.
 
-Every botocore/boto3 exception is translated in :class:`AwsErrors`.
+Every botocore/boto3 exception is translated in :class:`AwsErrors`. Also here, since both
+drivers use S3: :func:`check_bucket` (exists, reachable, in the client's region) and
+:class:`LargePayloads` (message bodies too large for SQS, kept as S3 objects).
 """
 
 from __future__ import annotations
 
+import json
 import threading
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -165,7 +169,7 @@ class AwsErrors:
     __slots__ = ("_what",)
 
     def __init__(self, service: str, where: str) -> None:
-        self._what = f"{service} {where}"
+        self._what = f"{service} {where}".strip()
 
     def __enter__(self) -> None:
         return None
@@ -195,11 +199,14 @@ class AwsErrors:
             raise ConnectionLostError(f"{self._what} unreachable: {exc}") from exc
         code = error_code(exc)
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        message = exc.response.get("Error", {}).get("Message") or code
+        # One line, whatever the server sent.
+        message = " ".join(str(exc.response.get("Error", {}).get("Message") or code).split())
         text = f"{self._what}: {code}: {message}"
         if code in _AUTH_CODES or status == 403:
             raise AuthenticationError(
-                f"{text} (check the credentials and the IAM permissions)") from exc
+                f"{self._what}: credentials or permissions refused ({code}: {message}): check "
+                "aws_access_key_id / aws_secret_access_key (or the profile or role) and the "
+                "IAM policy") from exc
         if code in _MISSING_CODES:
             raise AuthenticationError(f"{self._what}: {_MISSING_CODES[code]}") from exc
         if code in _RETRY_CODES or status >= 500 or status == 429:
@@ -207,3 +214,99 @@ class AwsErrors:
         if code in _REFUSED_CODES:
             raise ValueRefusedError(text) from exc
         raise DriverError(text) from exc
+
+
+def _region_fix(what: str, bucket: str, found: str | None, region: str) -> None:
+    if found and found != region:
+        raise AuthenticationError(
+            f"{what}: bucket {bucket!r} is in region {found}, not {region}: set "
+            f"?region={found} on the URL")
+
+
+def check_bucket(s3: Any, bucket: str) -> None:
+    """HeadBucket: the endpoint is reachable, the credentials are accepted, the bucket exists
+    and lives in the client's region (S3 names it in ``x-amz-bucket-region``; a client in
+    another region pays a redirect per request, or fails). Raises translated errors."""
+    region = str(s3.meta.region_name)
+    what = f"s3 bucket {bucket!r}"
+    with AwsErrors("s3", f"bucket {bucket!r}"):
+        from botocore.exceptions import ClientError
+
+        try:
+            found = s3.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            _region_fix(what, bucket, headers.get("x-amz-bucket-region"), region)
+            if error_code(exc) in {"404", "NoSuchBucket", "NotFound"}:
+                raise ClientError({"Error": {"Code": "NoSuchBucket", "Message": ""}},
+                                  "HeadBucket") from exc
+            raise
+    headers = found.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    _region_fix(what, bucket, found.get("BucketRegion") or headers.get("x-amz-bucket-region"),
+                region)
+
+
+class LargePayloads:
+    """Message bodies too large for SQS, as S3 objects ``<prefix>payloads/<uuid>`` in one
+    bucket; the message carries a pointer (:meth:`put`'s JSON text). Thread-safe; the S3
+    client is made on first use. Objects are deleted by :meth:`delete` (the broker calls it
+    with the ack); anything left behind is for a bucket lifecycle rule."""
+
+    def __init__(self, location: str, options: Mapping[str, Any]) -> None:
+        bucket, _, prefix = location.partition("/")
+        self.bucket = bucket
+        self._prefix = (prefix.strip("/") + "/" if prefix.strip("/") else "") + "payloads/"
+        self._options = options
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def _s3(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = make_client("s3", self._options)
+            return self._client
+
+    def put(self, body: bytes) -> str:
+        """Store ``body``; return the pointer text the message carries."""
+        key = f"{self._prefix}{uuid.uuid4().hex}"
+        with AwsErrors("s3", f"bucket {self.bucket!r}"):
+            self._s3().put_object(Bucket=self.bucket, Key=key, Body=body)
+        return json.dumps({"bucket": self.bucket, "key": key})
+
+    def get(self, pointer: str) -> tuple[bytes | None, tuple[str, str]]:
+        """The body a pointer names (None when the object is gone) and ``(bucket, key)``."""
+        found = json.loads(pointer)
+        where = (str(found["bucket"]), str(found["key"]))
+        with AwsErrors("s3", f"bucket {where[0]!r}"):
+            from botocore.exceptions import ClientError
+
+            try:
+                got = self._s3().get_object(Bucket=where[0], Key=where[1])
+            except ClientError as exc:
+                if error_code(exc) != "NoSuchKey":
+                    raise
+                return None, where
+            return bytes(got["Body"].read()), where
+
+    def delete(self, places: Iterable[tuple[str, str]]) -> None:
+        """Delete the objects at ``(bucket, key)`` places, 1,000 a request."""
+        by_bucket: dict[str, list[str]] = {}
+        for bucket, key in places:
+            by_bucket.setdefault(bucket, []).append(key)
+        for bucket, keys in by_bucket.items():
+            for start in range(0, len(keys), 1000):
+                with AwsErrors("s3", f"bucket {bucket!r}"):
+                    self._s3().delete_objects(Bucket=bucket, Delete={
+                        "Objects": [{"Key": k} for k in keys[start:start + 1000]],
+                        "Quiet": True})
+
+    def check(self) -> None:
+        """The bucket exists, is reachable and in the client's region (:func:`check_bucket`)."""
+        check_bucket(self._s3(), self.bucket)
+
+    def close(self) -> None:
+        """Close the S3 client's connections. Idempotent."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None and hasattr(client, "close"):
+            client.close()

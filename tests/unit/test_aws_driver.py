@@ -146,6 +146,158 @@ def test_fifo_queue_keeps_order_and_refuses_per_message_delays(broker: SQSBroker
     assert "fifo" in " ".join(broker.queues())
 
 
+def test_fifo_keeps_order_per_message_group_and_a_held_group_holds_back_no_other(
+        broker: SQSBroker) -> None:
+    queue = f"g{uuid.uuid4().hex[:8]}.fifo"
+    sent: dict[str, list[bytes]] = {"a": [], "b": []}
+    for i in range(3):
+        for key in ("a", "b"):
+            body = f"{key}{i}".encode()
+            broker.enqueue(queue, body, message_group=key)
+            sent[key].append(body)
+    sent["c"] = [b"c0", b"c1", b"c2"]
+    broker.enqueue_many(queue, sent["c"], message_group="c")
+    [first] = reserve_within(broker, [queue], lease=60, timeout=5, tick=1)
+    held_key = first.body[:1].decode()
+    got: dict[str, list[bytes]] = {held_key: [first.body]}
+    while batch := reserve_within(broker, [queue], lease=60, timeout=2, tick=1):
+        [res] = batch
+        got.setdefault(res.body[:1].decode(), []).append(res.body)
+        broker.ack(res)
+    # While the first message of its group is held, the other two groups went all the way.
+    assert got[held_key] == [first.body]
+    assert {k: v for k, v in got.items() if k != held_key} == {
+        k: v for k, v in sent.items() if k != held_key}
+    broker.ack(first)
+    rest = reserve_count(broker, [queue], 2, lease=60, timeout=10, tick=1)
+    assert [first.body] + [r.body for r in rest] == sent[held_key]
+    broker.ack_many(rest)
+
+
+def test_message_group_of_apply_async_and_of_the_task_reach_sqs(sqs_url: str) -> None:
+    from conveyor import Conveyor
+
+    queue = f"o{uuid.uuid4().hex[:8]}.fifo"
+    app = Conveyor("groups", broker=sqs_url, backend="memory://")
+    app.conf.task_default_queue = queue
+
+    @app.task(message_group="orders")
+    def place(n: int) -> int:
+        return n
+
+    place.apply_async((1,), message_group="customer-1")
+    place.delay(2)
+    broker = app.broker
+    assert broker.capabilities.message_groups
+    held = reserve_count(broker, [queue], 2, lease=30, timeout=10, tick=1)
+    assert sorted(r.receipt.group for r in held) == ["customer-1", "orders"]
+    broker.ack_many(held)
+    app.close()
+
+
+# -- long polling -----------------------------------------------------------------------------
+def _count_receives(broker: SQSBroker, queue: str = "") -> list[float]:
+    """The times of the ReceiveMessage requests ``broker`` makes (on SQS queues whose name
+    ends in ``queue``), counted by a botocore event hook."""
+    calls: list[float] = []
+
+    def count(params: dict[str, Any], **_: Any) -> None:
+        if params["QueueUrl"].endswith(queue):
+            calls.append(time.monotonic())
+
+    broker._sqs.meta.events.register("before-parameter-build.sqs.ReceiveMessage", count)
+    return calls
+
+
+def test_idle_worker_makes_one_receive_per_long_poll_and_stops_at_once(
+        sqs_url: str, s3_url: str, queue: str) -> None:
+    from conveyor import Conveyor
+    from conveyor.worker.consumer import Consumer
+
+    # A coordinating backend, so the worker's control channel (a queue of its own) is on.
+    app = Conveyor("idle", broker=sqs_url, backend=s3_url)
+    app.conf.task_default_queue = queue
+    broker = app.broker
+    assert isinstance(broker, SQSBroker) and broker.capabilities.idle_wait == 20.0
+    calls = _count_receives(broker, queue)
+    every = _count_receives(broker)
+    consumer = Consumer(app, concurrency=1)
+    worker = threading.Thread(target=consumer.run, daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while len(calls) < 2 and time.monotonic() < deadline:  # into its second long poll
+        time.sleep(0.1)
+    idle = calls[-1] - calls[0]
+    # worker_poll_wait is 1 s: a poll per second would have made about 20 requests here.
+    assert len(calls) == 2 and idle >= 19, (len(calls), idle)
+    # Its control queue is long-polled as well: one more request per 20 s, not one a second.
+    assert len(every) <= 4, len(every)
+    consumer.stop()  # ~20 s of the second poll left: the stop must not wait for it
+    worker.join(timeout=8)
+    assert not worker.is_alive(), "the worker waited for its long poll before stopping"
+    assert len(calls) == 2
+    app.close()
+
+
+def test_a_message_taken_by_an_abandoned_long_poll_is_delivered_again(
+        sqs_url: str, queue: str) -> None:
+    for close in (False, True):
+        waiting = broker_from_url(sqs_url)
+        other = broker_from_url(sqs_url)
+        assert isinstance(waiting, SQSBroker)
+        calls = _count_receives(waiting)
+        got: list[Any] = []
+
+        def reserve(into: list[Any] = got, b: SQSBroker = waiting) -> None:
+            into.append(b.reserve([queue], lease=3, wait=20))
+
+        reserving = threading.Thread(target=reserve)
+        reserving.start()
+        while not calls:
+            time.sleep(0.05)
+        waiting.wake()
+        reserving.join(timeout=5)
+        assert got == [[]] and not reserving.is_alive()
+        if close:
+            waiting.close()  # gone: what its poll takes lapses after the 3 s lease
+        body = b"sent during the abandoned poll %d" % close
+        other.enqueue(queue, body)
+        [again] = reserve_within(other, [queue], lease=30, timeout=15, tick=1)
+        assert again.body == body
+        other.ack(again)
+        other.close()
+        waiting.close()
+
+
+def test_wake_before_a_reserve_ends_that_reserve_at_once(broker: SQSBroker, queue: str) -> None:
+    calls = _count_receives(broker)
+    broker.wake()
+    assert broker.reserve([queue], lease=5, wait=20) == []
+    assert calls == []  # returned before asking SQS
+    broker.enqueue(queue, b"m")
+    assert [r.body for r in reserve_within(broker, [queue], lease=5, timeout=5, tick=2)] == [b"m"]
+
+
+def test_size_limit_is_a_capability_without_a_bucket_and_none_with_one(
+        moto_endpoint: str, sqs_url: str) -> None:
+    from conveyor import Conveyor
+    from conveyor.exceptions import TaskOptionError
+
+    assert broker_from_url(sqs_url).capabilities.max_message_size is None
+    plain = f"sqs://?{aws_query(moto_endpoint)}&prefix=t{uuid.uuid4().hex[:6]}-"
+    assert broker_from_url(plain).capabilities.max_message_size == 262_144 - 1024
+    app = Conveyor("sizes", broker=plain, backend="memory://")
+
+    @app.task
+    def echo(value: str) -> str:
+        return value
+
+    with pytest.raises(TaskOptionError, match="large_payload_bucket"):
+        echo.delay("x" * BIG)
+    assert app.broker.stats("default").ready == 0
+    app.close()
+
+
 # -- URLs, options and errors ---------------------------------------------------------------
 def test_secret_key_is_masked_in_repr_and_errors(moto_endpoint: str) -> None:
     url = (f"sqs://?region={REGION}&endpoint_url={moto_endpoint}&aws_access_key_id=AKID"
