@@ -3,12 +3,13 @@
 ``revoke(id)`` writes two things to the backend: the terminal REVOKED record (first terminal
 write wins, so a task that already finished keeps its outcome, and any later delivery of the
 id, redelivery or restart alike, is acked without running), and an entry ``revoked:<id>``
-that every worker reads into a local set about twice a second. The worker checks that set
-before running a first delivery, which costs no round trip per task.
+that every worker reads into a local set about twice a second.
 
-Window: a first delivery picked up within that refresh (about 0.5 s) of the revoke may still
-run; its outcome is then discarded (the REVOKED record stays). Redeliveries check the record
-itself, so nothing revoked ever runs twice or loses its REVOKED state.
+Every delivery's record is read when the worker picks its batch up (one ``get_many`` per
+batch, see :meth:`conveyor.worker.runner.TaskRunner.pickup`), so a task revoked before its
+pick-up never runs. The cached set is checked again just before the body, for a message
+revoked while it waited in the worker's prefetch; one revoked between those two checks may
+still run, and its outcome is then discarded (the REVOKED record stays).
 """
 
 from __future__ import annotations

@@ -199,11 +199,17 @@ class Consumer:
         last_log = 0.0
         while not self._stop.is_set():
             with self._held_lock:
-                # Messages waiting in the completer do not take an execution slot.
-                while (len(self._held) - self._completing >= self.max_held
-                       and not self._stop.is_set()):
+                while not self._stop.is_set():
+                    # Messages waiting in the completer do not take an execution slot.
+                    free = self.max_held - len(self._held) + self._completing
+                    # While the executors still have messages queued, top up by half the
+                    # prefetch at a time: one reserve and one pick-up read for several
+                    # messages, not one of each per finished task. (Waiting here always
+                    # leaves work queued: an executor only goes idle after a release,
+                    # which wakes this loop.)
+                    if free > 0 and (2 * free >= self.max_held or self._work.empty()):
+                        break
                     self._held_lock.wait(0.5)
-                free = self.max_held - len(self._held) + self._completing
             if self._stop.is_set():
                 break
             try:

@@ -53,6 +53,8 @@ T = TypeVar("T")
 #: How long to keep retrying a backend/broker write before giving the message up to
 #: redelivery (the lease is extended meanwhile, so nothing is lost either way).
 WRITE_PATIENCE = 120.0
+#: Most argument shapes remembered as binding (see ``TaskRunner._check_signature``).
+SHAPES = 4096
 
 
 @dataclass
@@ -111,6 +113,8 @@ class TaskRunner:
         #: Retries scheduled here (for the worker's exit summary).
         self.retried = 0
         self.poison = PoisonGuard(self)
+        #: Argument shapes that bound to their task's signature (see _check_signature).
+        self._shapes: set[tuple[Any, ...]] = set()
 
     # -- entry point ----------------------------------------------------------------------
     def pickup(self, batch: list[Reservation]) -> list[Pickup]:
@@ -390,12 +394,14 @@ class TaskRunner:
         msg, res = job.msg, job.res
         if not self.app.conf.task_track_started:
             return True  # the record was read at pick-up
-        started = self._record(msg, res, STARTED, attempts=[*job.history, job.attempt.to_dict()])
         if res.attempts <= 1 and self.started is not None and not msg.history:
             # The write-behind STARTED still checks: settle() reports a terminal record.
-            self.started.add(started.to_stored())
+            # Built only if written (most short tasks settle it first).
+            self.started.add_later(msg.id, lambda: self._record(
+                msg, res, STARTED, attempts=[*job.history, job.attempt.to_dict()]).to_stored())
             return True
-        return self._store(started)
+        return self._store(self._record(msg, res, STARTED,
+                                        attempts=[*job.history, job.attempt.to_dict()]))
 
     def _already_finished(self, job: Job) -> bool:
         """A delivery of a task id that already holds a terminal record (a redelivery, a
@@ -441,7 +447,8 @@ class TaskRunner:
             return False
         attempt = self._close(job.attempt, "success")
         record = self._record(msg, res, SUCCESS, attempts=[*job.history, attempt.to_dict()])
-        record.children = canvas.children_of(msg)
+        if not canvas.is_plain(msg):
+            record.children = canvas.children_of(msg)
         record.result, record.result_type = (None, "json") if task.ignore_result else (
             packed, result_type)
         # A chord's completer reads every member's outcome: store it before joining.
@@ -522,15 +529,24 @@ class TaskRunner:
         self._canvas_failure(msg, (error_type, reason), None)
 
     # -- helpers --------------------------------------------------------------------------
-    @staticmethod
-    def _check_signature(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> None:
+    def _check_signature(self, task: Task[Any, Any], args: list[Any],
+                         kwargs: dict[str, Any]) -> None:
+        """Raise TypeError when the task cannot be called with these arguments. Whether a
+        call binds depends only on how many positional arguments and which keywords it
+        has, so each shape that bound is remembered (a few per task)."""
         sig = task.call_signature
         if sig is None:
+            return
+        shape = (task.name, len(args), *kwargs) if kwargs else (task.name, len(args))
+        if shape in self._shapes:
             return
         if task.bind:
             sig.bind(None, *args, **kwargs)
         else:
             sig.bind(*args, **kwargs)
+        if len(self._shapes) >= SHAPES:
+            self._shapes.clear()  # hostile callers inventing keywords: start again
+        self._shapes.add(shape)
 
     @staticmethod
     def _close(attempt: Attempt, outcome: str, exc: BaseException | None = None) -> Attempt:

@@ -7,12 +7,13 @@ task finishes first, the runner *settles* its id before storing the outcome: a S
 queued is dropped (the outcome carries the whole attempt history), one being written is waited
 for, so a STARTED never lands after the RETRY or the outcome that follows it.
 
-Redeliveries do not come here: the runner writes their STARTED synchronously, because that
-write is also the check that an earlier delivery has not already finished the task. A first
-delivery's STARTED makes the same check behind the task: a STARTED the backend does not write
-means a terminal record exists, and ``settle`` reports it, so the runner acks that duplicate
-instead of storing an outcome, retrying or dead-lettering. (Its body has run by then: only a
-synchronous write could stop that, at a round trip per task; see docs/guarantees.md.)
+Every delivery's record was read at pick-up, before the body (a task id that already had a
+terminal record never gets here). Redeliveries do not come here: the runner writes their
+STARTED synchronously, because an earlier delivery may still be finishing on a worker that
+lost its lease. A first delivery's STARTED repeats the check behind the task, for a copy
+running at the same moment elsewhere: a STARTED the backend does not write means a terminal
+record exists, and ``settle`` reports it, so the runner acks that duplicate instead of
+storing an outcome, retrying or dead-lettering (see docs/guarantees.md).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class StartedWriter:
         self._store_many = store_many
         self._linger = linger
         self._cond = threading.Condition()
-        self._queued: dict[str, StoredRecord] = {}
+        #: Task id -> how to build its STARTED record (built only if it is written).
+        self._queued: dict[str, Callable[[], StoredRecord]] = {}
         self._writing: set[str] = set()
         #: Ids whose STARTED the backend did not write: they already hold a terminal record.
         self._finished: set[str] = set()
@@ -64,9 +66,14 @@ class StartedWriter:
 
     def add(self, record: StoredRecord) -> None:
         """Queue ``record`` (a STARTED) to be written within about the linger."""
+        self.add_later(record.task_id, lambda: record)
+
+    def add_later(self, task_id: str, build: Callable[[], StoredRecord]) -> None:
+        """Queue the STARTED of ``task_id``, built by ``build`` only when it is written (a
+        task that settles within the linger costs no encoding)."""
         with self._cond:
             wake = not self._queued  # the thread only sleeps unwoken on an empty queue
-            self._queued[record.task_id] = record
+            self._queued[task_id] = build
             if wake:
                 self._cond.notify_all()
 
@@ -103,10 +110,11 @@ class StartedWriter:
                 while not self._closed and (left := deadline - time.monotonic()) > 0:
                     self._cond.wait(left)
                 ids = list(self._queued)[:BATCH]
-                batch = [self._queued.pop(i) for i in ids]
+                builders = [self._queued.pop(i) for i in ids]
                 self._writing.update(ids)
             finished: list[str] = []
             try:
+                batch = [build() for build in builders]
                 # A record the backend refuses (an id too long for it) costs only its own
                 # STARTED; the runner meets the refusal again when it stores the outcome.
                 for record, written in zip(batch, store_each(self._store_many, batch),
@@ -115,7 +123,7 @@ class StartedWriter:
                         finished.append(record.task_id)
             except Exception as exc:
                 # Only information is lost: the outcome is still recorded by the runner.
-                log.warning("could not record STARTED for %d tasks: %s", len(batch), exc)
+                log.warning("could not record STARTED for %d tasks: %s", len(ids), exc)
             finally:
                 with self._cond:
                     self._finished.update(finished)

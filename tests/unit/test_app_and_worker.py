@@ -237,12 +237,14 @@ def test_graceful_stop_releases_prefetched_messages(app: Conveyor) -> None:
     results = [hold.delay() for _ in range(3)]
     assert started.wait(5)
     time.sleep(0.2)
-    assert app.broker.stats("default").reserved == 3  # one running, two prefetched
+    # One running, one or two prefetched (the worker tops up by half its prefetch while
+    # it has messages queued).
+    assert app.broker.stats("default").reserved in (2, 3)
     consumer.stop()
     thread.join(10)
     assert results[0].get(timeout=1) == "done"
     stats = app.broker.stats("default")
-    assert stats.ready == 2
+    assert stats.ready == 2  # given back, or never taken
     assert stats.reserved == 0
 
 
