@@ -48,7 +48,7 @@ def test_soft_limit_is_caught_and_hard_limit_ends_a_stuck_task_threads_pool(
     assert "recycling this worker process" in workers.logs()
 
 
-@pytest.mark.parametrize("pair", ["sqlite", "redis"], indirect=True)
+@pytest.mark.parametrize("pair", THREE, indirect=True)
 def test_hard_limit_replaces_the_child_on_the_processes_pool(
         app: Any, workers: Workers, tmp_path: Path) -> None:
     import e2e_tasks
