@@ -38,6 +38,40 @@ _MYSQL_DUPLICATE_KEY = 1062
 _WRITTEN = ("state", "data", "updated_at", "expires_at", "name", "queue", "worker")
 
 
+_PG_NOW = "extract(epoch from statement_timestamp())::float8"
+
+
+class _PostgresStatements:
+    """The backend's hot statements in PostgreSQL's SQL, one round trip each (see
+    :meth:`SQLStore.raw`). Table and channel names are validated identifiers."""
+
+    def __init__(self, table: str, channel: str) -> None:
+        terminal = ", ".join(f"'{s}'" for s in _TERMINAL)
+        live = f"(t.expires_at IS NULL OR t.expires_at > {_PG_NOW})"
+        #: A multi-row upsert with store()'s rule per row (an expired row always; a live one
+        #: unless it is terminal or the write is PENDING), returning the rows written; when
+        #: one of them is terminal, one NOTIFY wakes every waiter (each re-reads its own
+        #: record). The NOTIFY row comes back as a NULL task id.
+        self.store = (
+            f"WITH w AS (INSERT INTO {table} AS t (task_id, state, data, updated_at, "
+            "expires_at, name, queue, worker) "
+            f"SELECT r.task_id, r.state, r.data, {_PG_NOW}, {_PG_NOW} + %s::float8, "
+            "r.name, r.queue, r.worker FROM unnest(%s::text[], %s::text[], %s::bytea[], "
+            "%s::text[], %s::text[], %s::text[]) AS r(task_id, state, data, name, queue, "
+            "worker) ON CONFLICT (task_id) DO UPDATE SET state = EXCLUDED.state, "
+            "data = EXCLUDED.data, updated_at = EXCLUDED.updated_at, "
+            "expires_at = EXCLUDED.expires_at, name = EXCLUDED.name, "
+            "queue = EXCLUDED.queue, worker = EXCLUDED.worker "
+            f"WHERE NOT {live} OR (EXCLUDED.state <> 'PENDING' AND t.state NOT IN "
+            f"({terminal})) RETURNING t.task_id, t.state) "
+            "SELECT task_id FROM w UNION ALL "
+            f"SELECT NULLIF(pg_notify('{channel}', '*')::text, '') FROM "
+            f"(SELECT 1 FROM w WHERE w.state IN ({terminal}) LIMIT 1) AS ready")
+        #: Live records of a list of ids.
+        self.get = (f"SELECT task_id, state, data FROM {table} AS t "
+                    f"WHERE task_id = ANY(%s::text[]) AND {live}")
+
+
 class SQLResultBackend(ResultBackend):
     """A result backend on SQLite, PostgreSQL or MySQL/MariaDB through SQLAlchemy Core.
 
@@ -58,6 +92,8 @@ class SQLResultBackend(ResultBackend):
         self._joins = self._db.tables.joins
         self._entries = self._db.tables.entries
         self._bytewise: bool | None = None
+        self._pg = _PostgresStatements(self._t.name, self._db.channel("results")) \
+            if self._db.dialect == "postgresql" else None
 
     def _live(self, now: Any) -> Any:
         t = self._t
@@ -77,6 +113,8 @@ class SQLResultBackend(ResultBackend):
     def store(self, record: StoredRecord, *, ttl: float | None) -> bool:
         """Write ``record`` unless a live terminal record exists; atomic, returns whether it
         was written. A terminal write also wakes PostgreSQL waiters."""
+        if self._pg is not None:
+            return self.store_many([record], ttl=ttl)[0]
         self._db.refuse_oversized(len(record.data), "result record")
         now = self._db.now()
         values = {"task_id": record.task_id, "state": str(record.state),
@@ -110,6 +148,16 @@ class SQLResultBackend(ResultBackend):
         if self._db.dialect == "mysql" or len({r.task_id for r in batch}) < len(batch):
             # MySQL has no RETURNING; and an upsert may not touch one row twice.
             return [self.store(r, ttl=ttl) for r in batch]
+        if self._pg is not None:
+            with self._db.raw() as conn:
+                rows = conn.execute(self._pg.store, (
+                    None if ttl is None else float(ttl),
+                    [r.task_id for r in batch], [str(r.state) for r in batch],
+                    [bytes(r.data) for r in batch], [r.name for r in batch],
+                    [r.queue for r in batch], [r.worker for r in batch]),
+                    prepare=True).fetchall()
+            stored = {row[0] for row in rows}
+            return [r.task_id in stored for r in batch]
         now = self._db.now()
         expires = None if ttl is None else now + float(ttl)
         rows = [{"task_id": r.task_id, "state": str(r.state), "data": bytes(r.data),
@@ -167,6 +215,12 @@ class SQLResultBackend(ResultBackend):
         t = self._t
         ids = list(dict.fromkeys(task_ids))
         found: dict[str, StoredRecord] = {}
+        if self._pg is not None:
+            if ids:
+                with self._db.raw() as conn:
+                    for row in conn.execute(self._pg.get, (ids,), prepare=True):
+                        found[row[0]] = StoredRecord(row[0], row[1], bytes(row[2]))
+            return found
         with self._db.begin(read=True) as conn:
             for start in range(0, len(ids), _CHUNK):
                 query = (sa.select(t.c.task_id, t.c.state, t.c.data)

@@ -41,6 +41,33 @@ def _new_ids(count: int) -> list[str]:
     return [f"{start + i:016x}{random.getrandbits(64):016x}" for i in range(count)]
 
 
+_PG_NOW = "extract(epoch from statement_timestamp())::float8"
+
+
+class _PostgresStatements:
+    """The broker's hot statements in PostgreSQL's SQL, one round trip each (see
+    :meth:`SQLStore.raw`). Table and channel names are validated identifiers."""
+
+    def __init__(self, table: str, channel: str) -> None:
+        insert = (f"INSERT INTO {table} (id, queue, body, available_at, lease_token, attempts, "
+                  f"enqueued_at, precedence) SELECT m.id, %s, m.body, {_PG_NOW} + %s, NULL, 0, "
+                  f"{_PG_NOW}, %s FROM unnest(%s::text[], %s::bytea[]) AS m(id, body)")
+        #: Insert a batch and wake waiting consumers: the NOTIFY is delivered at the commit
+        #: of this very statement (a data-modifying WITH runs to completion either way).
+        self.enqueue = f"WITH sent AS ({insert}) SELECT pg_notify('{channel}', %s)"
+        self.enqueue_quiet = insert
+        #: Claim up to n ready messages of one queue in their order, skipping rows other
+        #: consumers are claiming.
+        self.claim = (
+            f"UPDATE {table} SET available_at = {_PG_NOW} + %s, lease_token = %s, "
+            f"attempts = attempts + 1 WHERE id IN (SELECT id FROM {table} WHERE queue = %s "
+            f"AND available_at <= {_PG_NOW} ORDER BY precedence, available_at, id LIMIT %s "
+            "FOR UPDATE SKIP LOCKED) RETURNING id, body, attempts, precedence")
+        #: Delete the messages still carrying their reservations' tokens.
+        self.ack = (f"DELETE FROM {table} AS t USING unnest(%s::text[], %s::text[]) "
+                    "AS a(id, token) WHERE t.id = a.id AND t.lease_token = a.token")
+
+
 class SQLBroker(Broker):
     """A broker on SQLite, PostgreSQL or MySQL/MariaDB through SQLAlchemy Core.
 
@@ -60,6 +87,8 @@ class SQLBroker(Broker):
         self._db = SQLStore(url, "broker", table_prefix=table_prefix, pool_size=pool_size)
         self._t = self._db.tables.messages
         self._dead = self._db.tables.dead
+        self._pg = _PostgresStatements(self._t.name, self._db.channel("messages")) \
+            if self._db.dialect == "postgresql" else None
 
     # -- producing ------------------------------------------------------------------------
     def enqueue(self, queue: str, message: bytes, *, delay: float = 0.0,
@@ -75,6 +104,15 @@ class SQLBroker(Broker):
         self._db.check_queue_name(queue)
         self._db.refuse_oversized(max(len(m) for m in messages), "message")
         ids = _new_ids(len(messages))
+        if self._pg is not None:
+            bodies = [bytes(m) for m in messages]
+            with self._db.raw() as conn:
+                params = (queue, max(float(delay), 0.0), 9 - priority, ids, bodies)
+                if delay <= 0:
+                    conn.execute(self._pg.enqueue, (*params, queue), prepare=True)
+                else:
+                    conn.execute(self._pg.enqueue_quiet, params, prepare=True)
+            return ids
         now = self._db.now()
         stmt = self._t.insert().values(available_at=now + max(float(delay), 0.0),
                                        enqueued_at=now, attempts=0,
@@ -118,8 +156,22 @@ class SQLBroker(Broker):
     def _claim(self, queues: Sequence[str], lease: float, limit: int) -> list[Reservation]:
         t = self._t
         token = f"{random.getrandbits(128):032x}"
+        if self._pg is not None:
+            taken: list[Reservation] = []
+            with self._db.raw() as conn:
+                for queue in queues:
+                    want = limit - len(taken)
+                    if want <= 0:
+                        break
+                    rows = conn.execute(self._pg.claim, (float(lease), token, queue, want),
+                                        prepare=True).fetchall()
+                    # RETURNING has no order: restore the claim's (ids sort by send time).
+                    rows.sort(key=lambda r: (r[3], r[0]))
+                    taken += [Reservation(queue, mid, bytes(body), attempts, receipt=token)
+                              for mid, body, attempts, _ in rows]
+            return taken
         now = self._db.now()
-        taken: list[Reservation] = []
+        taken = []
         # One claim per queue, each atomic (UPDATE ... RETURNING) except on MySQL.
         with self._db.begin(single=True) as conn:
             for queue in queues:
@@ -167,12 +219,22 @@ class SQLBroker(Broker):
 
     def ack(self, reservation: Reservation) -> None:
         """Delete the message if it still carries this reservation's token. Idempotent."""
+        if self._pg is not None:
+            self.ack_many([reservation])
+            return
         with self._db.begin(single=True) as conn:
             conn.execute(self._t.delete().where(self._held(reservation)))
 
     def ack_many(self, reservations: Sequence[Reservation]) -> None:
         """Delete the messages still carrying their reservations' tokens, in one statement
         per 500 (each as :meth:`ack`)."""
+        if self._pg is not None:
+            if reservations:
+                with self._db.raw() as conn:
+                    conn.execute(self._pg.ack, ([r.message_id for r in reservations],
+                                                [r.receipt for r in reservations]),
+                                 prepare=True)
+            return
         for start in range(0, len(reservations), _ACK_CHUNK):
             held = [self._held(r) for r in reservations[start:start + _ACK_CHUNK]]
             with self._db.begin(single=True) as conn:
