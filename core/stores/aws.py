@@ -16,6 +16,7 @@ drivers use S3: :func:`check_bucket` (exists, reachable, in the client's region)
 from __future__ import annotations
 
 import json
+import re
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
@@ -68,6 +69,9 @@ _REFUSED_CODES = {
     "KeyTooLongError", "InvalidArgument", "AWS.SimpleQueueService.BatchEntryIdsNotDistinct",
     "BatchRequestTooLong", "AWS.SimpleQueueService.BatchRequestTooLong",
 }
+
+
+_XML_ERROR = re.compile(r"<Code>([^<]*)</Code>\s*<Message>([^<]*)</Message>")
 
 
 def options_of(url: URL, known: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
@@ -201,6 +205,10 @@ class AwsErrors:
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         # One line, whatever the server sent.
         message = " ".join(str(exc.response.get("Error", {}).get("Message") or code).split())
+        if code.isdigit() and (xml := _XML_ERROR.search(message)):
+            # An XML error body the JSON protocol could not parse (moto's server sends them
+            # for SQS): its code and message.
+            code, message = xml.group(1), xml.group(2)
         text = f"{self._what}: {code}: {message}"
         if code in _AUTH_CODES or status == 403:
             raise AuthenticationError(
@@ -216,11 +224,10 @@ class AwsErrors:
         raise DriverError(text) from exc
 
 
-def _region_fix(what: str, bucket: str, found: str | None, region: str) -> None:
+def _region_fix(what: str, found: str | None, region: str) -> None:
     if found and found != region:
         raise AuthenticationError(
-            f"{what}: bucket {bucket!r} is in region {found}, not {region}: set "
-            f"?region={found} on the URL")
+            f"{what} is in region {found}, not {region}: set ?region={found} on the URL")
 
 
 def check_bucket(s3: Any, bucket: str) -> None:
@@ -236,13 +243,13 @@ def check_bucket(s3: Any, bucket: str) -> None:
             found = s3.head_bucket(Bucket=bucket)
         except ClientError as exc:
             headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-            _region_fix(what, bucket, headers.get("x-amz-bucket-region"), region)
+            _region_fix(what, headers.get("x-amz-bucket-region"), region)
             if error_code(exc) in {"404", "NoSuchBucket", "NotFound"}:
                 raise ClientError({"Error": {"Code": "NoSuchBucket", "Message": ""}},
                                   "HeadBucket") from exc
             raise
     headers = found.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-    _region_fix(what, bucket, found.get("BucketRegion") or headers.get("x-amz-bucket-region"),
+    _region_fix(what, found.get("BucketRegion") or headers.get("x-amz-bucket-region"),
                 region)
 
 

@@ -15,10 +15,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
-from tests.servers.moto import REGION, MotoServer, aws_query
+from tests.servers.moto import REGION, AuthMotoServer, MotoServer, aws_query
 
 from .conftest import Pair, Workers, wait_until
 
@@ -133,30 +134,85 @@ def _conveyor(broker: str, backend: str, *args: str, cwd: Path) -> subprocess.Co
                           check=False, cwd=cwd)
 
 
-@pytest.mark.parametrize("problem", ["missing-bucket", "missing-queue"])
-def test_missing_bucket_or_queue_is_one_clear_line_from_check_and_the_worker(
-        pair: Pair, moto_endpoint: str, problem: str, tmp_path: Path) -> None:
-    secret = "&aws_secret_access_key=s3cr3t-value"
-    query = aws_query(moto_endpoint).replace("&aws_secret_access_key=testing", secret)
-    broker = f"sqs://?{query}&prefix=m{uuid.uuid4().hex[:8]}-"
-    backend = pair.backend
-    if problem == "missing-bucket":
-        backend = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/r?{query}"
-        fix = "bucket does not exist"
-    else:
-        broker += "&create_queues=false"
-        fix = "create_queues=false"
-    check = _conveyor(broker, backend, "check", cwd=tmp_path)
+def _one_line_from_check_and_the_worker(broker: str, backend: str, fix: str, secret: str,
+                                        cwd: Path) -> None:
+    """``conveyor check`` fails with one FAIL line holding ``fix``; a worker exits non-zero
+    with one ``error:`` line holding it; neither shows ``secret`` nor a traceback."""
+    check = _conveyor(broker, backend, "check", cwd=cwd)
     assert check.returncode == 1
     failures = [line for line in check.stderr.splitlines() if line.startswith("FAIL")]
     assert len(failures) == 1, check.stderr
     assert fix in failures[0]
-    assert "s3cr3t-value" not in check.stdout + check.stderr
+    assert secret not in check.stdout + check.stderr
     assert "Traceback" not in check.stderr
-    worker = _conveyor(broker, backend, "worker", cwd=tmp_path)
+    worker = _conveyor(broker, backend, "worker", cwd=cwd)
     assert worker.returncode != 0
     errors = [line for line in worker.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, worker.stderr
     assert fix in errors[0]
-    assert "s3cr3t-value" not in worker.stderr
+    assert errors[0].removeprefix("error:").strip() in failures[0], (errors[0], failures[0])
+    assert secret not in worker.stderr
     assert "Traceback" not in worker.stderr
+
+
+@pytest.mark.parametrize("problem", ["missing-bucket", "missing-queue", "bucket-in-another-region",
+                                     "queues-in-another-region"])
+def test_missing_or_misplaced_bucket_or_queue_is_one_clear_line_from_check_and_the_worker(
+        pair: Pair, moto_endpoint: str, aws_bucket: str, problem: str, tmp_path: Path) -> None:
+    import boto3
+
+    secret = "s3cr3t-value"
+    query = aws_query(moto_endpoint).replace("aws_secret_access_key=testing",
+                                             f"aws_secret_access_key={secret}")
+    elsewhere = query.replace(f"region={REGION}", "region=eu-west-1")
+    prefix = f"m{uuid.uuid4().hex[:8]}-"
+    broker = f"sqs://?{query}&prefix={prefix}"
+    backend = pair.backend
+    if problem == "missing-bucket":
+        backend = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/r?{query}"
+        fix = "bucket does not exist"
+    elif problem == "missing-queue":
+        broker += "&create_queues=false"
+        fix = "create_queues=false"
+    elif problem == "bucket-in-another-region":
+        backend = f"s3://{aws_bucket}/r?{elsewhere}"
+        fix = f"is in region {REGION}, not eu-west-1: set ?region={REGION}"
+    else:  # the queues exist, in us-east-1; the URL says eu-west-1
+        boto3.client("sqs", endpoint_url=moto_endpoint, region_name=REGION,
+                     aws_access_key_id="testing", aws_secret_access_key="testing"
+                     ).create_queue(QueueName=f"{prefix}default")
+        broker = f"sqs://?{elsewhere}&prefix={prefix}&create_queues=false"
+        fix = "in region eu-west-1 and create_queues=false"
+    _one_line_from_check_and_the_worker(broker, backend, fix, secret, tmp_path)
+
+
+@pytest.mark.parametrize("problem", ["wrong-secret", "unknown-key"])
+def test_rejected_credentials_are_one_clear_line_from_check_and_the_worker(
+        pair: Pair, auth_moto: AuthMotoServer, problem: str, tmp_path: Path) -> None:
+    import boto3
+
+    good = auth_moto.credentials
+    bucket = f"auth-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=auth_moto.endpoint, region_name=REGION,
+                 **good).create_bucket(Bucket=bucket)
+
+    def urls(key: str, secret: str) -> tuple[str, str]:
+        # Percent-encoded: AWS secrets may hold '+' and '/'.
+        query = (f"region={REGION}&endpoint_url={auth_moto.endpoint}"
+                 f"&aws_access_key_id={key}&aws_secret_access_key={quote(secret, safe='')}")
+        return f"sqs://?{query}&prefix=a{uuid.uuid4().hex[:8]}-", f"s3://{bucket}/r?{query}"
+
+    # The server takes the right key: check passes with it.
+    ok = _conveyor(*urls(good["aws_access_key_id"], good["aws_secret_access_key"]), "check",
+                   cwd=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    secret = "wr0ng-s3cret-value"
+    if problem == "wrong-secret":
+        broker, _ = urls(good["aws_access_key_id"], secret)
+        fix = "SignatureDoesNotMatch"
+    else:
+        broker, _ = urls("AKIAUNKNOWNKEY000000", secret)
+        fix = "InvalidClientTokenId"
+    _, backend = urls(good["aws_access_key_id"], good["aws_secret_access_key"])
+    _one_line_from_check_and_the_worker(
+        broker, backend, f"credentials or permissions refused ({fix}", secret, tmp_path)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -86,6 +88,69 @@ class MotoServer:
         server, self._server = self._server, None
         if server is not None:
             server.stop()
+
+
+class AuthMotoServer:
+    """A moto server in a process of its own that checks every request's signature, as AWS
+    does: ``INITIAL_NO_AUTH_ACTION_COUNT`` (moto's server-mode setting) lets only the first
+    three actions through, which create an IAM user allowed everything and its access key
+    (:attr:`credentials`). Any other key, or this key with a wrong secret, is refused."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.credentials: dict[str, str] = {}
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """``http://127.0.0.1:<port>``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start the server, make the IAM user and its key (the three free actions)."""
+        import boto3
+
+        env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not wait_for_port(self.port, timeout=30):
+            self.stop()
+            raise RuntimeError(f"moto server (auth) did not start on port {self.port}")
+        iam = boto3.client("iam", endpoint_url=self.endpoint, region_name=REGION,
+                           aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+        iam.create_user(UserName="conveyor")
+        iam.put_user_policy(UserName="conveyor", PolicyName="everything", PolicyDocument=(
+            '{"Version": "2012-10-17", "Statement": '
+            '[{"Effect": "Allow", "Action": "*", "Resource": "*"}]}'))
+        key = iam.create_access_key(UserName="conveyor")["AccessKey"]
+        self.credentials = {"aws_access_key_id": key["AccessKeyId"],
+                            "aws_secret_access_key": key["SecretAccessKey"]}
+
+    def stop(self) -> None:
+        """End the server process. Idempotent."""
+        process, self._process = self._process, None
+        if process is not None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def auth_moto() -> Iterator[AuthMotoServer]:
+    """A moto server enforcing request signatures (see :class:`AuthMotoServer`)."""
+    server = AuthMotoServer()
+    try:
+        server.start()
+    except RuntimeError as exc:
+        unavailable(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def _client(service: str, endpoint: str) -> Any:
