@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,23 +63,30 @@ def outcome(result: Any, workers: Workers) -> Any:
 class Workers:
     """Starts ``conveyor worker`` processes on the URLs; stops them all at teardown."""
 
-    def __init__(self, broker_url: str, backend_url: str, queue: str, log_dir: Path) -> None:
+    def __init__(self, broker_url: str, backend_url: str, queue: str, log_dir: Path, *,
+                 app: str = "conveyor.testing.e2e_tasks:app", cwd: Path | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        """Workers of ``app`` (an ``-A`` path) on ``queue``, logging to ``log_dir``, started
+        in ``cwd`` (``log_dir`` by default) with ``env`` added to their environment."""
         self.broker_url, self.backend_url, self.queue = broker_url, backend_url, queue
-        self.log_dir = log_dir
+        self.log_dir, self.app, self.cwd = log_dir, app, cwd or log_dir
+        self.env = dict(env or {})
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, *args: str, lease: float = LEASE) -> subprocess.Popen[bytes]:
-        """Start one worker on the test's queue with ``args`` (e.g. ``"-c", "2"``)."""
-        env = {**os.environ, "CONVEYOR_BROKER_URL": self.broker_url,
-               "CONVEYOR_BACKEND_URL": self.backend_url,
-               "CONVEYOR_BROKER_VISIBILITY_TIMEOUT": str(lease),
-               "CONVEYOR_WORKER_POLL_WAIT": "0.5",
-               "CONVEYOR_RESULT_EXPIRES": str(RESULT_EXPIRES)}
+    def start(self, *args: str, lease: float = LEASE, env: Mapping[str, str] | None = None,
+              broker: str | None = None) -> subprocess.Popen[bytes]:
+        """Start one worker on the test's queue with ``args`` (e.g. ``"-c", "2"``), a lease
+        of ``lease`` seconds, ``env`` added to its environment and, if given, another
+        ``broker`` URL."""
+        environ = {**os.environ, "CONVEYOR_BROKER_URL": broker or self.broker_url,
+                   "CONVEYOR_BACKEND_URL": self.backend_url,
+                   "CONVEYOR_BROKER_VISIBILITY_TIMEOUT": str(lease),
+                   "CONVEYOR_WORKER_POLL_WAIT": "0.5", **self.env, **(env or {})}
         log = open(self.log_dir / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "conveyor", "worker", "-A", "conveyor.testing.e2e_tasks:app",
+            [sys.executable, "-m", "conveyor", "worker", "-A", self.app,
              "-Q", self.queue, "-l", "INFO", *args],
-            cwd=self.log_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+            cwd=self.cwd, env=environ, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.procs.append(proc)
         return proc
@@ -166,7 +173,8 @@ class EndToEndContract:
         """Starts worker processes; stops them at teardown."""
         logs = tmp_path / "worker-logs"
         logs.mkdir()
-        started = Workers(broker_url, backend_url, e2e_queue, logs)
+        started = Workers(broker_url, backend_url, e2e_queue, logs,
+                          env={"CONVEYOR_RESULT_EXPIRES": str(RESULT_EXPIRES)})
         try:
             yield started
         finally:

@@ -7,16 +7,15 @@ its own queue, so pairs on shared servers do not interfere.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from conveyor.testing import e2e as conformance
 
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
@@ -79,44 +78,15 @@ def app(pair: Pair, queue: str) -> Iterator[object]:
     conf.broker_url, conf.result_backend, conf.task_default_queue, conf.result_expires = saved
 
 
-class Workers:
-    """Starts ``conveyor worker`` processes and stops them all at teardown."""
+class Workers(conformance.Workers):
+    """The shipped end-to-end suite's workers (:class:`conveyor.testing.e2e.Workers`) running
+    this directory's ``e2e_tasks:app`` on a :class:`Pair`."""
 
     def __init__(self, pair: Pair, queue: str, log_dir: Path) -> None:
-        self.pair, self.queue, self.log_dir = pair, queue, log_dir
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, *args: str, lease: float = 2.0, env: dict[str, str] | None = None,
-              broker: str | None = None) -> subprocess.Popen[bytes]:
-        environ = {**os.environ, "CONVEYOR_BROKER_URL": broker or self.pair.broker,
-                   "CONVEYOR_BACKEND_URL": self.pair.backend,
-                   "CONVEYOR_BROKER_VISIBILITY_TIMEOUT": str(lease),
-                   "CONVEYOR_WORKER_POLL_WAIT": "0.5",
-                   "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-                   **(env or {})}
-        log = open(self.log_dir / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "conveyor", "worker", "-A", "e2e_tasks:app",
-             "-Q", self.queue, "-l", "INFO", *args],
-            cwd=HERE, env=environ, stdout=log, stderr=subprocess.STDOUT)
-        self.procs.append(proc)
-        return proc
-
-    def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace")
-                         for p in sorted(self.log_dir.glob("worker-*.log")))
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for proc in self.procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        super().__init__(pair.broker, pair.backend, queue, log_dir, app="e2e_tasks:app",
+                         cwd=HERE, env={"PYTHONPATH": os.pathsep.join(
+                             [str(REPO), os.environ.get("PYTHONPATH", "")])})
+        self.pair = pair
 
 
 @pytest.fixture
@@ -128,11 +98,4 @@ def workers(pair: Pair, queue: str, tmp_path: Path) -> Iterator[Workers]:
     w.stop_all()
 
 
-def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
-    """Poll ``predicate`` until true; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+wait_until = conformance.wait_until

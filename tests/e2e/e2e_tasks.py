@@ -8,36 +8,18 @@ import time
 from pathlib import Path
 
 from conveyor import Conveyor
+from conveyor.testing import e2e_tasks as shipped
 
 app = Conveyor("e2e")
 
-
-@app.task
-def add(a: int, b: int) -> int:
-    return a + b
-
-
-@app.task
-def mul(a: int, b: int) -> int:
-    return a * b
-
-
-@app.task
-def nap(seconds: float, marker: str | None = None) -> dict[str, float | str]:
-    """Sleep, reporting when it ran and where; touches ``marker`` when it starts."""
-    started = time.time()
-    if marker:
-        Path(marker).write_text(str(os.getpid()))
-    time.sleep(seconds)
-    return {"started": started, "finished": time.time(), "pid": str(os.getpid())}
-
-
-@app.task(bind=True, max_retries=3)
-def always_fails(self, countdown: float) -> None:  # type: ignore[no-untyped-def]
-    try:
-        raise ValueError("boom")
-    except ValueError as exc:
-        raise self.retry(exc=exc, countdown=countdown) from exc
+# The shipped end-to-end conformance tasks' bodies (conveyor.testing.e2e_tasks), registered on
+# this app under this module's names (e2e_tasks.add, ...), which the tests and the dashboard's
+# filters use; always_fails retries 3 times here, 2 in the shipped suite.
+add = app.task(name="e2e_tasks.add")(shipped.add.fn)
+mul = app.task(name="e2e_tasks.mul")(shipped.mul.fn)
+nap = app.task(name="e2e_tasks.nap")(shipped.nap.fn)
+always_fails = app.task(name="e2e_tasks.always_fails", bind=True,
+                        max_retries=3)(shipped.always_fails.fn)
 
 
 @app.task(autoretry_for=(KeyError,), max_retries=2, retry_backoff=0.1, retry_jitter=False)
