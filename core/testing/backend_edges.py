@@ -79,6 +79,24 @@ class BackendTTLContract(BackendFixtures):
         time.sleep(max(0.0, stored_at + ttl + EXPIRY_SLACK - time.monotonic()))
         assert backend.get(task_id) is None, f"a record stored with ttl={ttl} outlived it"
 
+    def test_store_many_keeps_the_ttl_in_seconds_too(
+            self, backend: ResultBackend, new_task_id: Callable[[], str]) -> None:
+        ids = [new_task_id(), new_task_id()]
+        lasting, forever = new_task_id(), new_task_id()
+        stored_at = time.monotonic()
+        assert backend.store_many([_record(i, "SUCCESS") for i in ids],
+                                  ttl=SHORT_TTL) == [True, True]
+        backend.store_many([_record(lasting, "SUCCESS")], ttl=3600.0)
+        backend.store_many([_record(forever, "SUCCESS")], ttl=None)
+        time.sleep(max(0.0, stored_at + 0.2 - time.monotonic()))
+        assert backend.get_many(ids) == {i: _record(i, "SUCCESS") for i in ids}, (
+            f"records stored by store_many with ttl={SHORT_TTL} were gone at once")
+        time.sleep(max(0.0, stored_at + SHORT_TTL + EXPIRY_SLACK - time.monotonic()))
+        assert backend.get_many(ids) == {}, (
+            f"records stored by store_many with ttl={SHORT_TTL} outlived it")
+        assert backend.get(lasting) == _record(lasting, "SUCCESS")
+        assert backend.get(forever) == _record(forever, "SUCCESS")
+
     def test_rewriting_a_record_sets_its_expiry_afresh(
             self, backend: ResultBackend, new_task_id: Callable[[], str]) -> None:
         longer, forever, shorter = new_task_id(), new_task_id(), new_task_id()
