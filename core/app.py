@@ -115,19 +115,27 @@ class Conveyor:
         set_current(self)
 
     # -- configuration --------------------------------------------------------------------
-    def config_from_object(self, obj: object | str, *, namespace: str | None = None) -> None:
+    def config_from_object(self, obj: object | str, silent: bool = False, force: bool = False,
+                           namespace: str | None = None) -> None:
         """Load settings from a module, a ``"module"`` or ``"module:attr"`` path, a class, an
         object or a mapping, as code (the environment still wins).
 
         Lowercase public names are settings; with ``namespace="CONVEYOR"`` (Celery's Django
         style) only ``CONVEYOR_``-prefixed names are read, the prefix dropped. Closes existing
-        connections so new URLs take effect.
+        connections so new URLs take effect. ``silent=True``: a path that cannot be imported
+        loads nothing instead of raising (Celery's). ``force`` is Celery's and changes nothing:
+        settings are always loaded at once.
         """
         if isinstance(obj, str):
             module_name, _, attr = obj.partition(":")
-            obj = importlib.import_module(module_name)
-            if attr:
-                obj = getattr(obj, attr)
+            try:
+                obj = importlib.import_module(module_name)
+                if attr:
+                    obj = getattr(obj, attr)
+            except (ImportError, AttributeError):
+                if silent:
+                    return
+                raise
         names = obj.keys() if isinstance(obj, dict) else dir(obj)
         values = {}
         for name in names:

@@ -154,8 +154,11 @@ class AsyncResult(Generic[T]):
 
     info = result
 
-    def revoke(self, *, terminate: bool = False, signal: str | None = None) -> None:
-        """Revoke this task durably (see ``app.control.revoke``)."""
+    def revoke(self, connection: Any = None, terminate: bool = False, signal: str | None = None,
+               wait: bool = False, timeout: float | None = None) -> None:
+        """Revoke this task durably (see ``app.control.revoke``). Celery's ``connection``,
+        ``wait`` and ``timeout`` are accepted: the revocation is stored before this returns,
+        so there is nothing to wait for."""
         self.app.control.revoke(self.id, terminate=terminate, signal=signal)
 
     @property
@@ -272,8 +275,10 @@ class ResultSet:
     def __getitem__(self, index: int) -> Any:
         return self.results[index]
 
-    def revoke(self, *, terminate: bool = False, signal: str | None = None) -> None:
-        """Revoke every task of the set durably (see ``app.control.revoke``)."""
+    def revoke(self, connection: Any = None, terminate: bool = False, signal: str | None = None,
+               wait: bool = False, timeout: float | None = None) -> None:
+        """Revoke every task of the set durably (see ``app.control.revoke``; Celery's
+        ``connection``, ``wait`` and ``timeout`` are accepted, as for one result)."""
         if self.app is not None:
             self.app.control.revoke([r.id for r in self.results], terminate=terminate,
                                     signal=signal)

@@ -37,18 +37,20 @@ class Signal:
         return f"<Signal {self.name}>"
 
     @overload
-    def connect(self, receiver: F, *, sender: Any = None,
+    def connect(self, receiver: F, sender: Any = None, weak: bool = True,
                 dispatch_uid: str | None = None) -> F: ...
     @overload
-    def connect(self, receiver: None = None, *, sender: Any = None,
+    def connect(self, receiver: None = None, sender: Any = None, weak: bool = True,
                 dispatch_uid: str | None = None) -> Callable[[F], F]: ...
 
-    def connect(self, receiver: Callable[..., Any] | None = None, *, sender: Any = None,
-                dispatch_uid: str | None = None) -> Any:
+    def connect(self, receiver: Callable[..., Any] | None = None, sender: Any = None,
+                weak: bool = True, dispatch_uid: str | None = None) -> Any:
         """Register ``receiver`` (also usable as ``@signal.connect`` or
-        ``@signal.connect(sender=...)``). With ``sender``, it only hears sends from that
-        sender (a task object, or a task name for the publish signals). Connecting the same
-        receiver (or ``dispatch_uid``) twice keeps one registration."""
+        ``@signal.connect(sender=...)``), Celery's arguments in Celery's order. With
+        ``sender``, it only hears sends from that sender (a task object, or a task name for
+        the publish signals). Connecting the same receiver (or ``dispatch_uid``) twice keeps
+        one registration. ``weak`` is accepted and ignored: receivers are always held
+        strongly (a weak one defined inside a function would silently stop hearing)."""
         def add(fn: F) -> F:
             key = dispatch_uid if dispatch_uid is not None else (id(fn), id(sender))
             with self._lock:
@@ -58,8 +60,8 @@ class Signal:
 
         return add(receiver) if receiver is not None else add
 
-    def disconnect(self, receiver: Callable[..., Any] | None = None, *, sender: Any = None,
-                   dispatch_uid: str | None = None) -> bool:
+    def disconnect(self, receiver: Callable[..., Any] | None = None, sender: Any = None,
+                   weak: bool | None = None, dispatch_uid: str | None = None) -> bool:
         """Remove a registration; True when one was removed."""
         key = dispatch_uid if dispatch_uid is not None else (id(receiver), id(sender))
         with self._lock:
@@ -84,6 +86,13 @@ class Signal:
                 log.exception("receiver %r of signal %s raised", fn, self.name)
                 responses.append((fn, exc))
         return responses
+
+    #: Django's and Celery's name for the same robust send.
+    send_robust = send
+
+    def has_listeners(self, sender: Any = None) -> bool:
+        """True when a receiver would hear a send from ``sender``."""
+        return any(w is None or w is sender or w == sender for _, _, w in self.receivers)
 
 
 #: Before a task message is sent. sender: the task name. body, exchange, routing_key (the queue),

@@ -27,9 +27,9 @@ __all__ = ["Control", "Inspect"]
 class Inspect:
     """What the registry says about live workers (optionally only ``destination``)."""
 
-    def __init__(self, app: Conveyor, destination: Iterable[str] | None = None) -> None:
+    def __init__(self, app: Conveyor, destination: str | Iterable[str] | None = None) -> None:
         self.app = app
-        self.destination = set(destination) if destination is not None else None
+        self.destination = _names(destination)
 
     def workers(self) -> dict[str, dict[str, Any]]:
         """Every live worker's entry, by hostname."""
@@ -45,12 +45,13 @@ class Inspect:
                 found[name] = entry
         return found
 
-    def active(self) -> dict[str, list[dict[str, Any]]]:
-        """Tasks running now, per worker (id, task, started)."""
+    def active(self, safe: bool | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Tasks running now, per worker (id, task, started). ``safe`` is Celery's, ignored:
+        nothing is unpickled."""
         return {name: e.get("active", []) for name, e in self.workers().items()}
 
-    def registered(self) -> dict[str, list[str]]:
-        """Task names each worker knows."""
+    def registered(self, *taskinfoitems: str) -> dict[str, list[str]]:
+        """Task names each worker knows (Celery's ``taskinfoitems`` are accepted, ignored)."""
         return {name: e.get("registered", []) for name, e in self.workers().items()}
 
     def stats(self) -> dict[str, dict[str, Any]]:
@@ -64,6 +65,15 @@ class Inspect:
         return {name: {"ok": "pong", "age": now - float(e.get("heartbeat", now))}
                 for name, e in self.workers().items()}
 
+    registered_tasks = registered
+
+
+def _names(destination: str | Iterable[str] | None) -> set[str] | None:
+    """Worker names as a set: one name given as a string is one name, not its letters."""
+    if destination is None:
+        return None
+    return {destination} if isinstance(destination, str) else set(destination)
+
 
 class Control:
     """Celery's ``app.control`` shape."""
@@ -71,51 +81,75 @@ class Control:
     def __init__(self, app: Conveyor) -> None:
         self.app = app
 
-    def revoke(self, task_id: str | Iterable[str], *, terminate: bool = False,
-               signal: str | None = None) -> None:
+    def revoke(self, task_id: str | Iterable[str], destination: str | Iterable[str] | None = None,
+               terminate: bool = False, signal: str | None = None, **kwargs: Any) -> None:
         """Revoke one id or several: a queued task is never run, the REVOKED state is stored
         durably (a worker restart does not forget it). ``terminate=True`` also ends a running
-        one where the pool can. ``signal`` is accepted for Celery compatibility and ignored."""
+        one where the pool can. Celery's ``destination``, ``signal`` and other broadcast
+        options are accepted and ignored: the revocation is stored for every worker, and a
+        thread is ended by an exception, not a signal."""
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
         revoke(self.app, ids, terminate=terminate)
 
-    def inspect(self, destination: Iterable[str] | None = None) -> Inspect:
-        """Read the worker registry."""
+    def inspect(self, destination: str | Iterable[str] | None = None, timeout: float = 1.0,
+                callback: Any = None, connection: Any = None, **options: Any) -> Inspect:
+        """Read the worker registry (of every live worker, or those in ``destination``).
+
+        Celery's ``timeout``, ``callback``, ``connection``, ``limit``... are accepted and
+        ignored: the registry is read from the backend at once, no worker is asked."""
         return Inspect(self.app, destination)
 
-    def broadcast(self, command: str, *, arguments: dict[str, Any] | None = None,
-                  destination: Iterable[str] | None = None, reply: bool = False,
-                  timeout: float = 2.0, ttl: float = 30.0) -> dict[str, Any]:
+    def ping(self, destination: str | Iterable[str] | None = None, timeout: float = 1.0,
+             **kwargs: Any) -> list[dict[str, dict[str, str]]]:
+        """Celery's ``app.control.ping()``: ``[{name: {"ok": "pong"}}, ...]``, one per live
+        worker in the registry (an empty list when there is none)."""
+        return [{name: {"ok": "pong"}} for name in Inspect(self.app, destination).workers()]
+
+    def broadcast(self, command: str, arguments: dict[str, Any] | None = None,  # noqa: PLR0917 - Celery's signature
+                  destination: str | Iterable[str] | None = None, connection: Any = None,
+                  reply: bool = False, timeout: float = 2.0, limit: int | None = None,
+                  callback: Any = None, channel: Any = None, *, ttl: float = 30.0,
+                  **extra: Any) -> dict[str, Any]:
         """Send ``command`` to every live worker (or those in ``destination``); with
-        ``reply``, wait up to ``timeout`` seconds and return their replies by worker."""
+        ``reply``, wait up to ``timeout`` seconds (or for ``limit`` replies) and return the
+        replies by worker. Extra keywords are added to ``arguments``, as in Celery;
+        ``connection``, ``callback`` and ``channel`` are accepted and ignored."""
         targets = list(self.inspect(destination).workers())
         command_id = new_id()
-        body = encode_command(command_id, command, arguments or {}, ttl=ttl)
+        body = encode_command(command_id, command, {**(arguments or {}), **extra}, ttl=ttl)
         for name in targets:
             self.app.broker.enqueue(control_queue(name), body)
         if not reply:
             return {name: None for name in targets}
+        wanted = len(targets) if limit is None else min(limit, len(targets))
         prefix = f"{REPLY_PREFIX}{command_id}:"
         replies: dict[str, Any] = {}
         deadline = time.monotonic() + timeout
-        while len(replies) < len(targets) and time.monotonic() < deadline:
+        while len(replies) < wanted and time.monotonic() < deadline:
             time.sleep(0.1)
             for key, value in self.app.backend.entries(prefix).items():
                 replies[key[len(prefix):]] = json.loads(value)
         return replies
 
-    def shutdown(self, **kw: Any) -> dict[str, Any]:
+    def shutdown(self, destination: str | Iterable[str] | None = None,
+                 **kw: Any) -> dict[str, Any]:
         """Ask workers to stop gracefully."""
-        return self.broadcast("shutdown", **kw)
+        return self.broadcast("shutdown", destination=destination, **kw)
 
-    def rate_limit(self, task_name: str, rate: str, **kw: Any) -> dict[str, Any]:
-        """Set ``task_name``'s rate limit on the workers (until they restart)."""
-        return self.broadcast("rate_limit", arguments={"task": task_name, "rate": rate}, **kw)
+    def rate_limit(self, task_name: str, rate_limit: str | float,
+                   destination: str | Iterable[str] | None = None,
+                   **kw: Any) -> dict[str, Any]:
+        """Set ``task_name``'s rate limit (``"10/m"``, or tasks per second) on the workers,
+        until they restart."""
+        return self.broadcast("rate_limit", {"task": task_name, "rate": str(rate_limit)},
+                              destination, **kw)
 
-    def pool_grow(self, n: int = 1, **kw: Any) -> dict[str, Any]:
+    def pool_grow(self, n: int = 1, destination: str | Iterable[str] | None = None,
+                  **kw: Any) -> dict[str, Any]:
         """Add ``n`` executor threads to each worker."""
-        return self.broadcast("pool_grow", arguments={"n": n}, **kw)
+        return self.broadcast("pool_grow", {"n": n}, destination, **kw)
 
-    def pool_shrink(self, n: int = 1, **kw: Any) -> dict[str, Any]:
+    def pool_shrink(self, n: int = 1, destination: str | Iterable[str] | None = None,
+                    **kw: Any) -> dict[str, Any]:
         """Remove ``n`` executor threads from each worker (never below one)."""
-        return self.broadcast("pool_shrink", arguments={"n": n}, **kw)
+        return self.broadcast("pool_shrink", {"n": n}, destination, **kw)

@@ -623,3 +623,55 @@ def test_inspect_and_control_commands_reach_a_live_worker(
         consumer.stop()
         thread.join(10)
         sys.modules.pop(name, None)
+
+
+def test_control_inspect_revoke_and_signals_take_celerys_call_shapes(
+        app: Conveyor, worker: Consumer, tmp_path: Any) -> None:
+    # The calls a Celery app makes, positional and keyword, exactly as Celery spells them.
+    inspect = app.control.inspect(timeout=1.0)
+    _wait(lambda: worker.hostname in inspect.workers())
+    assert app.control.ping(timeout=0.5) == [{worker.hostname: {"ok": "pong"}}]
+    # One name given as a string is that worker, not a set of its letters.
+    assert list(app.control.inspect(worker.hostname).workers()) == [worker.hostname]
+    assert app.control.inspect(["nobody@nowhere"]).active(safe=True) == {}
+    assert worker.hostname in inspect.registered("rate_limit")
+    assert inspect.registered_tasks() == inspect.registered()
+
+    @app.task
+    def limited() -> None: ...
+
+    replies = app.control.rate_limit(limited.name, rate_limit="10/m",
+                                     destination=[worker.hostname], reply=True, timeout=5)
+    assert replies == {worker.hostname: {"ok": f"rate limit of {limited.name} set to 10/m"}}
+    assert limited.rate == parse_rate("10/m")
+    replies = app.control.pool_grow(1, [worker.hostname], reply=True, timeout=5)
+    assert replies[worker.hostname] == {"ok": "pool size is now 3"}
+
+    heard: list[str] = []
+
+    def on_revoked(sender: Any = None, request: Any = None, **kw: Any) -> None:
+        heard.append(request.id)
+
+    signals.task_revoked.connect(on_revoked, weak=False)
+    try:
+        assert signals.task_revoked.has_listeners()
+        gate = threading.Event()
+
+        @app.task
+        def later() -> None:
+            gate.wait(5)
+
+        r = later.apply_async(countdown=0.5)
+        r.revoke(terminate=False, wait=True, timeout=1.0)
+        app.control.revoke([r.id], None, False, "SIGKILL")
+        assert r.state == "REVOKED"
+        _wait(lambda: heard == [r.id])
+    finally:
+        assert signals.task_revoked.disconnect(on_revoked)
+    app.control.shutdown([worker.hostname])
+    _wait(worker._stop.is_set, timeout=5)
+
+    # config_from_object(silent=True) loads nothing from a module that is not there.
+    app.config_from_object("no_such_settings_module_x9", silent=True)
+    with pytest.raises(ImportError):
+        app.config_from_object("no_such_settings_module_x9")
