@@ -24,7 +24,9 @@ How the interface maps onto SQS:
   could change or delete the new holder's delivery. Each reservation therefore carries its own
   lease clock (the monotonic time before the receive, plus the visibility timeout, which the
   server's timer can only outlast); ``extend``/``nack``/``ack`` of a lease that clock says has
-  run out send nothing and report it lost.
+  run out send nothing and report it lost. A receive that took over a third of the lease (a
+  long poll the message came late in) restarts its messages' visibility timeout at once, one
+  ChangeMessageVisibilityBatch, so the clock starts before that request instead.
 * **Bodies** go as text when they are valid UTF-8 that SQS accepts, else base64. A body too
   large for ``max_message_size`` (256 KiB by default) is put in S3 under
   ``large_payload_bucket`` (:class:`conveyor.stores.aws.LargePayloads`) and the message
@@ -526,11 +528,14 @@ class SQSBroker(Broker):
         messages = got.get("Messages", [])
         if not dead:
             messages = self._drop_purged(url, self._drop_held(messages))
+        clock = started
+        if messages and time.monotonic() - started > visibility / 3:
+            clock, messages = self._restart(url, messages, visibility)
 
         def build(m: dict[str, Any]) -> Reservation:
             attributes = m.get("MessageAttributes", {})
             body, pointer = self._unpack(m["Body"], attributes)
-            receipt = _Lease(url, m["ReceiptHandle"], started + visibility, started,
+            receipt = _Lease(url, m["ReceiptHandle"], clock + visibility, started,
                              m["Body"], attributes, pointer,
                              m["Attributes"].get("MessageGroupId"))
             return Reservation(queue, _attr(attributes, _ID) or m["MessageId"], body,
@@ -544,6 +549,29 @@ class SQSBroker(Broker):
                 self._held.update((m["MessageId"], r.receipt)
                                   for m, r in zip(messages, taken, strict=True))
         return taken
+
+    def _restart(self, url: str, messages: list[dict[str, Any]],
+                 visibility: int) -> tuple[float, list[dict[str, Any]]]:
+        """Start the visibility timeout of ``messages`` again (ChangeMessageVisibilityBatch)
+        and return the lease clock's new start with the messages it holds.
+
+        A long poll's lease clock starts before the request, but SQS took each message at
+        some moment during the wait: after a poll longer than the lease the clock has run out
+        on arrival, so the ack would send nothing and the message would run again. Only a
+        receive that took over a third of the lease pays this request (the heartbeat extends
+        at a third); a message SQS no longer holds for this receipt is left out (it comes
+        back)."""
+        clock = time.monotonic()
+        kept: list[dict[str, Any]] = []
+        for start in range(0, len(messages), 10):
+            part = messages[start:start + 10]
+            with self._errors:
+                done = self._sqs.change_message_visibility_batch(QueueUrl=url, Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"],
+                     "VisibilityTimeout": visibility} for i, m in enumerate(part)])
+            ok = {entry["Id"] for entry in done.get("Successful", [])}
+            kept += [m for i, m in enumerate(part) if str(i) in ok]
+        return clock, kept
 
     def _drop_held(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Leave out messages this instance holds under a live lease: a standard queue may

@@ -269,6 +269,26 @@ def test_a_message_taken_by_an_abandoned_long_poll_is_delivered_again(
         waiting.close()
 
 
+def test_a_message_arriving_late_in_a_long_poll_gets_a_whole_lease_and_its_ack_holds(
+        broker: SQSBroker, queue: str) -> None:
+    # The poll starts well before the message comes, for longer than the lease: a lease clock
+    # started with the request would have run out on arrival, and the ack would send nothing.
+    got: list[Any] = []
+    polling = threading.Thread(target=lambda: got.extend(
+        broker.reserve([queue], lease=2, wait=10)))
+    polling.start()
+    time.sleep(3)
+    broker.enqueue(queue, b"late")
+    polling.join(timeout=10)
+    [res] = got
+    assert res.body == b"late" and res.attempts == 1
+    assert broker.extend(res, lease=2)  # the lease is held, not lost
+    broker.ack(res)
+    time.sleep(3)  # past the lease: an ack that sent nothing would let it come back
+    assert broker.reserve([queue], lease=2, wait=1) == []
+    assert broker.stats(queue).reserved == 0
+
+
 def test_wake_before_a_reserve_ends_that_reserve_at_once(broker: SQSBroker, queue: str) -> None:
     calls = _count_receives(broker)
     broker.wake()
