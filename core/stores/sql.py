@@ -547,28 +547,44 @@ class SQLStore:
         """
         if not self._ready:
             self.ensure_schema()
-        with errors(self.url):
-            fairy = self.engine.raw_connection()
+        dbapi = self.engine.dialect.loaded_dbapi
+        try:
+            with errors(self.url):
+                fairy = self.engine.raw_connection()
+        except dbapi.Error as exc:
+            # The pool hands over psycopg's own error when it cannot connect (the server is
+            # down or restarting): SQLAlchemy wraps it only on Engine.connect().
+            error = self._raw_error(exc, broken=True)
+            raise error from error.__cause__
         conn = fairy.driver_connection
         try:
             conn.autocommit = True
             yield conn
-        except Exception as exc:
-            dbapi = self.engine.dialect.loaded_dbapi
-            if not isinstance(exc, dbapi.Error):
-                raise
-            broken = bool(conn.closed or conn.broken)
+        except dbapi.Error as exc:
+            broken = bool(conn.closed or conn.broken
+                          or self.engine.dialect.is_disconnect(exc, conn, None))
             if broken:
-                fairy.invalidate(exc)
-            wrapped = sa_exc.DBAPIError.instance(
-                None, None, exc, dbapi.Error, connection_invalidated=broken,
-                dialect=self.engine.dialect)
-            raise translate(wrapped, self.url) from wrapped
+                # As SQLAlchemy does on a disconnect: every connection of the pool opened
+                # before now is stale too (a restarted server dropped them all), so each is
+                # replaced at its next checkout instead of failing once more.
+                self.engine.pool._invalidate(fairy, exc)
+            error = self._raw_error(exc, broken=broken)
+            raise error from error.__cause__
         finally:
             if not (conn.closed or conn.broken):
                 with contextlib.suppress(Exception):
                     conn.autocommit = False
             fairy.close()
+
+    def _raw_error(self, exc: BaseException, *, broken: bool) -> BaseException:
+        """The conveyor error for a psycopg error of :meth:`raw`, translated as on the
+        SQLAlchemy path; its ``__cause__`` is SQLAlchemy's wrapper of the psycopg error."""
+        wrapped = sa_exc.DBAPIError.instance(
+            None, None, exc, self.engine.dialect.loaded_dbapi.Error,
+            connection_invalidated=broken, dialect=self.engine.dialect)
+        error = translate(wrapped, self.url)
+        error.__cause__ = wrapped
+        return error
 
     def refuse_oversized(self, size: int, what: str) -> None:
         """On MySQL/MariaDB, raise :class:`ValueRefusedError` for a value of ``size`` bytes

@@ -302,7 +302,50 @@ def test_unreachable_postgres_is_a_connection_lost_error() -> None:
             broker.ping()
         assert caught.value.retryable
         assert isinstance(caught.value.__cause__, sa.exc.OperationalError)
+        # The hot statements check a connection out of the pool themselves (SQLStore.raw):
+        # a refused connection there is the same retryable error, never psycopg's own.
+        broker._db._ready = True  # past the schema step, straight to the raw checkout
+        with pytest.raises(ConnectionLostError) as caught:
+            broker.enqueue("q", b"x")
+        assert caught.value.retryable
+        assert isinstance(caught.value.__cause__, sa.exc.OperationalError)
     finally:
+        broker.close()
+
+
+def test_postgres_connections_the_server_dropped_fail_once_then_are_replaced(
+        postgres_url: str) -> None:
+    """A restarted server drops every pooled connection: the first statement to meet one is
+    a retryable ConnectionLostError, and the pool's other stale connections are replaced
+    rather than failing one by one."""
+    import psycopg
+
+    broker = SQLBroker(URL(postgres_url), table_prefix=_prefix())
+    backend = SQLResultBackend(URL(postgres_url), table_prefix=broker._db.prefix)
+    plain = sa.make_url(postgres_url).set(drivername="postgresql")
+    try:
+        broker.enqueue("q", b"first")
+        backend.store(StoredRecord("t1", "SUCCESS", b"{}"), ttl=None)
+        with broker._db.raw() as a, broker._db.raw() as b, broker._db.raw() as c:
+            pids = [conn.info.backend_pid for conn in (a, b, c)]  # three pooled connections
+        with psycopg.connect(plain.render_as_string(hide_password=False),
+                             autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) AS p", (pids,))
+            while admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)",
+                                (pids,)).fetchone() != (0,):
+                time.sleep(0.01)
+        with pytest.raises(ConnectionLostError) as caught:
+            broker.enqueue("q", b"lost")
+        assert caught.value.retryable
+        assert isinstance(caught.value.__cause__, sa.exc.OperationalError)
+        broker.enqueue("q", b"second")
+        assert backend.get("t1") == StoredRecord("t1", "SUCCESS", b"{}")
+        got = broker.reserve(["q"], lease=30, limit=10)
+        assert [r.body for r in got] == [b"first", b"second"]
+    finally:
+        with broker._db.engine.begin() as conn:
+            broker._db.tables.metadata.drop_all(conn)
+        backend.close()
         broker.close()
 
 
