@@ -104,3 +104,17 @@ def kill_worker(marker: str) -> None:
     with open(marker, "a") as f:
         f.write("ran\n")
     os._exit(1)
+
+
+# -- revoke(terminate=True) (tests/e2e/test_runtime.py) --------------------------------------
+@app.task
+def runs_until_ended(marker: str) -> str:
+    """Writes "started", then runs for up to 60 s in short steps (Python code between them, so
+    an exception raised into its thread lands), then writes "finished"."""
+    path = Path(marker)
+    path.write_text("started\n")
+    for _ in range(1200):
+        time.sleep(0.05)
+    with path.open("a") as f:
+        f.write("finished\n")
+    return "finished"

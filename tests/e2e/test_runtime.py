@@ -118,6 +118,30 @@ def test_revoke_survives_a_worker_restart(app: Any, workers: Workers, tmp_path: 
         app.AsyncResult(r.id).get(timeout=5)
 
 
+@pytest.mark.parametrize("pool", ["threads", "processes"])
+@pytest.mark.parametrize("pair", THREE, indirect=True)
+def test_revoke_terminate_ends_a_running_task_and_the_worker_serves_on(
+        app: Any, workers: Workers, tmp_path: Path, pool: str) -> None:
+    import e2e_tasks
+
+    proc = workers.start("--pool", pool, "-c", "2")
+    marker = tmp_path / "running"
+    r = e2e_tasks.runs_until_ended.delay(str(marker))
+    wait_until(marker.exists, timeout=30, what="the task to start")
+    app.control.revoke(r.id, terminate=True)
+    with pytest.raises(TaskRevokedError):
+        r.get(timeout=10)  # its REVOKED record is there at once
+    # Ended inside the worker within a few seconds, not run to its end (60 s).
+    wait_until(lambda: "terminated revoked task" in workers.logs(), timeout=15,
+               what="the worker to end the task")
+    assert e2e_tasks.add.delay(2, 3).get(timeout=30) == 5
+    assert proc.poll() is None
+    assert marker.read_text().splitlines() == ["started"]
+    record = app.AsyncResult(r.id).record
+    assert record is not None and record.state == "REVOKED"
+    assert app.broker.dead_letters(app.conf.task_default_queue) == []
+
+
 @pytest.mark.parametrize("pair", THREE, indirect=True)
 def test_a_second_send_of_a_finished_or_just_revoked_id_never_runs(
         app: Any, workers: Workers, tmp_path: Path) -> None:
