@@ -11,7 +11,7 @@ import contextlib
 import json
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,9 @@ HISTORY_SECONDS = 3600.0
 #: Records counted per state for the flow's backend box ("1000+" past it).
 STATE_COUNT_CAP = 1000
 STATE_COUNT_EVERY = 10.0
+#: Per-queue histories kept at once (each the hour of one queue; the least recently asked
+#: for is dropped past this).
+QUEUE_HISTORIES = 16
 #: Control queues are plumbing, not task queues.
 _CONTROL_PREFIX = "conveyor-control-"
 
@@ -77,6 +80,8 @@ class Reader:
         self._thread: threading.Thread | None = None
         #: The per-minute series rebuilt from the backend (None: it cannot query).
         self.backend_history = BackendHistory(app.backend) if self.can_query else None
+        #: The same for single queues, made when a page or the API first asks for one.
+        self.queue_histories: OrderedDict[str, BackendHistory] = OrderedDict()
         #: Queue depths kept in the backend by earlier runs (read once), and the minute
         #: of the depth this run saved last.
         self._saved_depth: list[dict[str, Any]] | None = None
@@ -407,19 +412,22 @@ class Reader:
             "states": now.states, "can_query": self.can_query,
             "backend": self.app.backend.url.masked, "broker": self.app.broker.url.masked}
 
-    def history(self) -> dict[str, Any]:
-        """The last hour. ``series``: per minute, tasks succeeded, failed and retried with
-        run-time and wait-time percentiles, rebuilt from the backend's records (see
-        :mod:`~conveyor.contrib.dashboard.history`); without ``query``, succeeded and failed
-        from the workers' counters since this dashboard started. ``depth``: queue depth
-        (ready + delayed), at most about 300 points: the minutes kept in the backend by
-        earlier runs, then this run's samples."""
+    def history(self, queue: str | None = None) -> dict[str, Any]:
+        """The last hour, of every queue or of ``queue`` only. ``series``: per minute, tasks
+        succeeded, failed and retried with run-time and wait-time percentiles, rebuilt from
+        the backend's records (see :mod:`~conveyor.contrib.dashboard.history`); without
+        ``query``, succeeded and failed from the workers' counters since this dashboard
+        started (of every queue: with ``queue`` the series is then empty). ``depth``: queue
+        depth (ready + delayed), at most about 300 points: the minutes kept in the backend
+        by earlier runs, then this run's samples."""
         now = time.time()
         with self._lock:
             samples = list(self.samples)
-        if self.backend_history is not None:
-            # The sampler thread reads the backend; without it, this request does.
-            rebuilt = self.backend_history.series(now, update=self._thread is None)
+        history = self.backend_history if queue is None else self.queue_history(queue)
+        if history is not None:
+            # The sampler thread reads the backend (every queue's hour); without it, or for
+            # one queue, this request does.
+            rebuilt = history.series(now, update=self._thread is None or queue is not None)
             series = [{"minute": r["minute"], "succeeded": r["succeeded"],
                        "failed": r["failed"], "retried": r["retried"],
                        "estimated": r["estimated"], "runtime": r["runtime"],
@@ -427,7 +435,7 @@ class Reader:
             runtime, wait = rebuilt["runtime"], rebuilt["wait"]
             start = (int(now // 60) - len(series) + 1) * 60.0
         else:
-            series = self._counted_series(samples)
+            series = self._counted_series(samples) if queue is None else []
             runtime = wait = {"p50": None, "p90": None, "p99": None}
             start = samples[0].at if samples else now
         depth = self._saved_depths(now, samples[0].at if samples else float("inf"))
@@ -435,10 +443,29 @@ class Reader:
         depth += [{"at": x.at, "depth": _depths(x)} for x in samples[::step]]
         if samples and (not depth or depth[-1]["at"] != samples[-1].at):
             depth.append({"at": samples[-1].at, "depth": _depths(samples[-1])})
+        if queue is not None:
+            depth = [{"at": p["at"], "depth": {queue: p["depth"][queue]}}
+                     for p in depth if queue in p["depth"]]
         if depth:
             start = min(start, depth[0]["at"])
         return {"series": series, "depth": depth, "start": start, "end": now,
-                "runtime": runtime, "wait": wait, "rebuilt": self.backend_history is not None}
+                "runtime": runtime, "wait": wait, "rebuilt": history is not None,
+                "queue": queue}
+
+    def queue_history(self, queue: str) -> BackendHistory | None:
+        """The hour of one queue (None when the backend cannot query), kept for the next
+        request: the minutes read stay read (at most ``QUEUE_HISTORIES`` queues kept)."""
+        if not self.can_query:
+            return None
+        with self._lock:
+            found = self.queue_histories.get(queue)
+            if found is None:
+                found = self.queue_histories[queue] = BackendHistory(self.app.backend,
+                                                                     queue=queue)
+            self.queue_histories.move_to_end(queue)
+            while len(self.queue_histories) > QUEUE_HISTORIES:
+                self.queue_histories.popitem(last=False)
+            return found
 
     def _saved_depths(self, now: float, before: float) -> list[dict[str, Any]]:
         """Depth points an earlier run kept in the backend, in the hour before ``before``."""

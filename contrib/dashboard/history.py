@@ -20,13 +20,22 @@ costs ``60 * PER_MINUTE`` records at start, then two minutes' reads per refresh,
 number of records in the backend (the query is indexed by write time on every backend but
 S3, where each read lists the bucket).
 
+A history of one queue (``queue``) reads the same way with the query's queue filter: an
+index walk on SQL and MongoDB (by queue and write time); on Redis a walk of the minute's
+records testing each one's queue, so a rare queue among many records may come back short
+after the bounded calls and is then shown as an estimate (an over-estimate: the walk covered
+more of the minute than the records it found).
+
 Queue depth has no durable source (a broker keeps no history of its depths): the sampler
-writes one entry per minute to the backend's entry area (``DEPTH_PREFIX``, expiring after an
-hour and a half) and a restarted dashboard reads them back.
+writes one entry per queue and minute to the backend's entry area (``DEPTH_PREFIX``, expiring
+after an hour and a half) and a restarted dashboard reads them back. One entry per queue, not
+one per minute: dashboards of apps with other queues on the same backend (or two dashboards
+of one app) then never overwrite each other's queues.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -34,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor.backend import RecordQuery, ResultBackend
+from conveyor.exceptions import ConveyorError
 from conveyor.record import TaskRecord
 from conveyor.states import FAILURE, SUCCESS
 
@@ -43,6 +53,8 @@ PAGE = 200
 REFRESH = 10.0
 DEPTH_PREFIX = "conveyor-dashboard:depth:"
 DEPTH_TTL = 5400.0
+#: The longest entry key kept (the SQL backends' key column holds 512 bytes).
+DEPTH_KEY_MAX = 500
 
 
 @dataclass
@@ -114,12 +126,14 @@ def percentiles(values: list[tuple[float, float]]) -> dict[str, float | None]:
 
 
 class BackendHistory:
-    """The per-minute series of the last hour, read from a backend with ``query``.
-    Thread-safe; reads happen in :meth:`series`'s caller."""
+    """The per-minute series of the last hour, read from a backend with ``query``: of every
+    queue, or of ``queue`` only. Thread-safe; reads happen in :meth:`series`'s caller."""
 
-    def __init__(self, backend: ResultBackend, *, per_minute: int = PER_MINUTE,
-                 minutes: int = MINUTES, refresh: float = REFRESH) -> None:
+    def __init__(self, backend: ResultBackend, *, queue: str | None = None,
+                 per_minute: int = PER_MINUTE, minutes: int = MINUTES,
+                 refresh: float = REFRESH) -> None:
         self.backend = backend
+        self.queue = queue
         self.per_minute = per_minute
         self.minutes = minutes
         self.refresh = refresh
@@ -139,7 +153,7 @@ class BackendHistory:
         # A page may come back short while a cursor remains: bound the calls too.
         for _ in range(2 * -(-self.per_minute // PAGE)):
             page = self.backend.query(RecordQuery(
-                since=start, until=end, cursor=cursor,
+                queue=self.queue, since=start, until=end, cursor=cursor,
                 limit=min(PAGE, self.per_minute - len(records))))
             self.reads += 1
             for stored in page.records:
@@ -245,23 +259,33 @@ class BackendHistory:
 
 
 def save_depth(backend: ResultBackend, at: float, depth: dict[str, int]) -> None:
-    """Keep the queue depths of the minute of ``at`` in the backend's entry area."""
+    """Keep the queue depths of the minute of ``at`` in the backend's entry area, one entry
+    per queue (a queue whose name the backend refuses in a key is left out)."""
     minute = int(at // 60)
-    backend.put_entry(f"{DEPTH_PREFIX}{minute:012d}",
-                      json.dumps({"at": at, "depth": depth}).encode(), ttl=DEPTH_TTL)
+    for queue, count in depth.items():
+        key = f"{DEPTH_PREFIX}{minute:012d}:{queue}"
+        if len(key.encode()) > DEPTH_KEY_MAX:
+            continue
+        with contextlib.suppress(ConveyorError):
+            backend.put_entry(key, json.dumps({"at": at, "depth": count}).encode(),
+                              ttl=DEPTH_TTL)
 
 
 def load_depth(backend: ResultBackend, since: float) -> list[dict[str, Any]]:
-    """The depths kept by :func:`save_depth` since ``since``, oldest first."""
-    points = []
-    for _, raw in sorted(backend.entries(DEPTH_PREFIX).items()):
+    """The depths kept by :func:`save_depth` since ``since``, one point per minute
+    (``{"at", "depth": {queue: n}}``, at the latest time saved in it), oldest first."""
+    minutes: dict[int, dict[str, Any]] = {}
+    for key, raw in backend.entries(DEPTH_PREFIX).items():
+        stamp, sep, queue = key[len(DEPTH_PREFIX):].partition(":")
         try:
             point = json.loads(raw)
+            minute = int(stamp)
         except ValueError:
             continue
-        if (isinstance(point, dict) and isinstance(point.get("at"), (int, float))
-                and isinstance(point.get("depth"), dict) and point["at"] >= since):
-            points.append({"at": float(point["at"]),
-                           "depth": {str(k): int(v) for k, v in point["depth"].items()
-                                     if isinstance(v, int)}})
-    return points
+        if not (sep and isinstance(point, dict) and isinstance(point.get("at"), (int, float))
+                and isinstance(point.get("depth"), int) and point["at"] >= since):
+            continue
+        found = minutes.setdefault(minute, {"at": float(point["at"]), "depth": {}})
+        found["at"] = max(found["at"], float(point["at"]))
+        found["depth"][queue] = int(point["depth"])
+    return [minutes[m] for m in sorted(minutes)]

@@ -51,20 +51,20 @@ class _Collector(Collector):
             return
         states = GaugeMetricFamily("conveyor_tasks_last_hour",
                                    "Records written in the last hour by state (capped at "
-                                   "1000 each) and task name (of the latest 500)",
-                                   labels=["state", "task"])
-        by: dict[tuple[str, str], int] = {}
-        runtimes: list[tuple[str, float]] = []
-        waits: list[tuple[str, float]] = []
+                                   "1000 each), queue and task name (of the latest 500)",
+                                   labels=["state", "queue", "task"])
+        by: dict[tuple[str, str, str], int] = {}
+        runtimes: list[tuple[tuple[str, str], float]] = []
+        waits: list[tuple[tuple[str, str], float]] = []
         for row in reader.tasks(limit=500)["tasks"]:
-            key = (str(row["state"]), str(row["task"] or ""))
-            by[key] = by.get(key, 0) + 1
+            where = (str(row["queue"] or ""), str(row["task"] or ""))
+            by[(str(row["state"]), *where)] = by.get((str(row["state"]), *where), 0) + 1
             if row["state"] == "SUCCESS" and row["runtime"] is not None:
-                runtimes.append((str(row["task"] or ""), float(row["runtime"])))
+                runtimes.append((where, float(row["runtime"])))
             if row.get("wait") is not None:
-                waits.append((str(row["task"] or ""), float(row["wait"])))
-        for (state, task), count in sorted(by.items()):
-            states.add_metric([state, task], count)
+                waits.append((where, float(row["wait"])))
+        for labels, count in sorted(by.items()):
+            states.add_metric(list(labels), count)
         yield states
         yield _histogram("conveyor_task_runtime_seconds", "Run time of the latest successful "
                          "tasks (of the latest 500 records)", runtimes)
@@ -72,14 +72,14 @@ class _Collector(Collector):
                          "the latest tasks (of the latest 500 records)", waits)
 
 
-def _histogram(name: str, doc: str, values: list[tuple[str, float]]) -> Metric:
-    hist = HistogramMetricFamily(name, doc, labels=["task"])
-    for task in sorted({task for task, _ in values}):
-        mine = [v for t, v in values if t == task]
+def _histogram(name: str, doc: str, values: list[tuple[tuple[str, str], float]]) -> Metric:
+    hist = HistogramMetricFamily(name, doc, labels=["queue", "task"])
+    for where in sorted({where for where, _ in values}):
+        mine = [v for w, v in values if w == where]
         buckets: list[tuple[str, float]] = [
             (repr(b), float(sum(1 for v in mine if v <= b))) for b in BUCKETS]
         buckets.append(("+Inf", float(len(mine))))
-        hist.add_metric([task], buckets, sum_value=sum(mine))
+        hist.add_metric(list(where), buckets, sum_value=sum(mine))
     return hist
 
 

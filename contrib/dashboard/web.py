@@ -1,10 +1,11 @@
 """The ASGI app: server-rendered pages, the JSON API they use, server-sent events, metrics.
 
-Pages: ``/`` (flow), ``/tasks``, ``/tasks/{id}``, ``/workers``, ``/dead``. API (JSON, read):
-``/api/flow``, ``/api/history``, ``/api/queues``, ``/api/tasks``, ``/api/tasks/{id}``,
-``/api/workers``, ``/api/dead/{queue}``, ``/api/events`` (server-sent events: a flow snapshot
-every two seconds). API (POST, CSRF token in the ``csrf`` form field or ``X-CSRF-Token``
-header; refused with ``--read-only``): ``/api/tasks/{id}/revoke``, ``/api/tasks/{id}/retry``,
+Pages: ``/`` (flow; ``?queue=`` charts one queue), ``/tasks``, ``/tasks/{id}``,
+``/workers``, ``/dead``. API (JSON, read): ``/api/flow``, ``/api/history`` (``?queue=``: one
+queue's hour), ``/api/queues``, ``/api/tasks``, ``/api/tasks/{id}``, ``/api/workers``,
+``/api/dead/{queue}``, ``/api/events`` (server-sent events: a flow snapshot every two
+seconds). API (POST, CSRF token in the ``csrf`` form field or ``X-CSRF-Token`` header;
+refused with ``--read-only``): ``/api/revoke/{id}``, ``/api/retry/{id}``,
 ``/api/dead/{queue}/replay`` and ``/api/dead/{queue}/delete`` (form fields ``id``, repeated,
 or ``all=1``). ``/metrics``: Prometheus text format. See docs/dashboard.md.
 """
@@ -130,9 +131,10 @@ class Dashboard:
     # -- pages ------------------------------------------------------------------------------
     async def flow_page(self, request: Request) -> Response:
         flow = await self.call(self.reader.flow)
-        history = await self.call(self.reader.history)
+        queue = request.query_params.get("queue") or None
+        history = await self.call(self.reader.history, queue)
         return self.render(request, "flow.html", page="flow", flow=flow, history=history,
-                           states=STATES)
+                           states=STATES, chart_queue=queue)
 
     def _filters(self, request: Request) -> dict[str, Any]:
         q = request.query_params
@@ -201,7 +203,8 @@ class Dashboard:
         return JSONResponse(await self.call(self.reader.flow))
 
     async def api_history(self, request: Request) -> Response:
-        return JSONResponse(await self.call(self.reader.history))
+        queue = request.query_params.get("queue") or None
+        return JSONResponse(await self.call(self.reader.history, queue))
 
     async def api_queues(self, request: Request) -> Response:
         return JSONResponse(await self.call(self.reader.queues))

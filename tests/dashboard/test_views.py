@@ -80,3 +80,37 @@ def test_wait_time_counts_only_tries_that_waited_in_the_queue() -> None:
         Attempt(2, "w", 140.0, 141.0, "success").to_dict()])
     assert wait_time(lost) is None  # a redelivery waited for a lease, not in the queue
     assert wait_time(TaskRecord("w4", "PENDING", sent_at=100.0)) is None
+
+
+def test_two_dashboards_on_one_backend_keep_each_others_queue_depths(
+        memory_app: Conveyor) -> None:
+    from conveyor.contrib.dashboard.history import load_depth, save_depth
+
+    backend = memory_app.backend
+    now = int(time.time() // 60) * 60.0 + 10  # both saves in one minute
+    # Two apps with their own queues, one backend, the same minute.
+    save_depth(backend, now, {"shop": 4, "default": 1})
+    save_depth(backend, now + 1, {"mail": 9, "default": 2})
+    save_depth(backend, now, {"x" * 600: 5})  # too long for a key: left out, not an error
+    [point] = load_depth(backend, now - 60)
+    assert point == {"at": now + 1, "depth": {"shop": 4, "mail": 9, "default": 2}}
+    assert load_depth(backend, now + 60) == []
+
+
+def test_one_queues_hour_counts_only_that_queue(memory_app: Conveyor) -> None:
+    from conveyor.contrib.dashboard.history import BackendHistory
+
+    backend = memory_app.backend
+    backend.store_many([TaskRecord(f"q-{i}", "SUCCESS" if i % 3 else "FAILURE", task="t",
+                                   queue="high" if i < 6 else "low", updated_at=time.time())
+                        .to_stored() for i in range(10)], ttl=60)
+    client = TestClient(Dashboard(memory_app, sample=False).asgi(), base_url=LOCAL)
+    high = client.get("/api/history", params={"queue": "high"}).json()
+    low = client.get("/api/history", params={"queue": "low"}).json()
+    every = client.get("/api/history").json()
+    assert (high["queue"], low["queue"], every["queue"]) == ("high", "low", None)
+    assert [sum(m[k] for m in high["series"]) for k in ("succeeded", "failed")] == [4, 2]
+    assert [sum(m[k] for m in low["series"]) for k in ("succeeded", "failed")] == [2, 2]
+    assert [sum(m[k] for m in every["series"]) for k in ("succeeded", "failed")] == [6, 4]
+    assert sum(m["succeeded"] for m in BackendHistory(backend, queue="none").series()[
+        "minutes"]) == 0

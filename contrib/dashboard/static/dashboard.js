@@ -142,7 +142,11 @@ function drawCharts(history) {
 }
 
 function refreshHistory() {
-  fetch("/api/history", {credentials: "same-origin"}).then(function (r) { return r.json(); }).then(drawCharts);
+  // The charts' queue (the flow page's ?queue=), or every queue.
+  var charts = document.querySelector("[data-history-queue]");
+  var queue = charts ? charts.getAttribute("data-history-queue") : "";
+  var url = "/api/history" + (queue ? "?queue=" + encodeURIComponent(queue) : "");
+  fetch(url, {credentials: "same-origin"}).then(function (r) { return r.json(); }).then(drawCharts);
 }
 
 document.addEventListener("DOMContentLoaded", function () {
@@ -159,6 +163,11 @@ document.addEventListener("DOMContentLoaded", function () {
       setTimeout(function () { btn.textContent = "copy"; }, 1200);
     });
   });
+  var chartQueue = document.getElementById("chart-queue");
+  if (chartQueue) {
+    // Choosing a queue shows its charts at once (the button is there without JS).
+    chartQueue.addEventListener("change", function () { chartQueue.form.submit(); });
+  }
   var all = document.getElementById("select-all");
   if (all) {
     all.addEventListener("change", function () {
