@@ -98,11 +98,19 @@ class Retry(TaskError):  # noqa: N818 - Celery's name, raised by ``self.retry()`
     """
 
     def __init__(self, message: str = "", *, exc: BaseException | None = None,
-                 when: float | None = None, max_retries: int | None = None) -> None:
+                 when: float | None = None, max_retries: int | None = None,
+                 args: list[Any] | None = None, kwargs: dict[str, Any] | None = None,
+                 queue: str | None = None, priority: int | None = None) -> None:
         super().__init__(message or (f"Retry: {exc!r}" if exc else "Retry"))
         self.exc = exc
         self.when = when
         self.max_retries = max_retries
+        #: New arguments for the next attempt (None: the same ones).
+        self.args_override = args
+        self.kwargs_override = kwargs
+        #: Where and how urgently the next attempt goes (None: as this one).
+        self.queue = queue
+        self.priority = priority
 
 
 class MaxRetriesExceededError(TaskError):

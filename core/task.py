@@ -13,7 +13,7 @@ from datetime import datetime
 from types import EllipsisType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from conveyor.exceptions import MaxRetriesExceededError, Retry
+from conveyor.exceptions import MaxRetriesExceededError, Retry, TaskOptionError
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -288,13 +288,26 @@ class Task(Generic[P, R]):
     subtask = signature
 
     # -- retrying -------------------------------------------------------------------------
-    def retry(self, *, exc: BaseException | None = None, countdown: float | None = None,
-              eta: datetime | float | None = None, max_retries: int | None = None) -> Retry:
-        """Ask for another attempt: ``raise self.retry(exc=exc, countdown=10)``.
+    def retry(self, args: Iterable[Any] | None = None,  # noqa: PLR0917 - Celery's signature
+              kwargs: dict[str, Any] | None = None, exc: BaseException | None = None,
+              throw: bool = True, eta: datetime | float | None = None,
+              countdown: float | None = None, max_retries: int | None = None, *,
+              queue: str | None = None, priority: int | None = None) -> Retry:
+        """Ask for another attempt: ``raise self.retry(exc=exc, countdown=10)``, Celery's
+        arguments in Celery's order.
 
         Always raises. :class:`Retry` when a retry is allowed; when ``max_retries`` is used
         up, ``exc`` itself if given (as Celery does) or :class:`MaxRetriesExceededError`.
+        ``args``/``kwargs`` replace the arguments of the next attempt; ``queue`` and
+        ``priority`` send it elsewhere or at another priority. ``throw=False`` (Celery: send
+        the retry and carry on) is refused: here the worker sends the retry when the task
+        raises it, so a task that carried on would have no retry.
         """
+        if not throw:
+            raise TaskOptionError("retry(throw=False) is not supported: raise self.retry(...) "
+                                  "and let the worker send the next attempt")
+        if priority is not None and (not isinstance(priority, int) or not 0 <= priority <= 9):
+            raise TaskOptionError(f"retry(priority={priority!r}): give an integer 0..9")
         req = self.request
         limit = max_retries if max_retries is not None else (
             req.max_retries if req.max_retries is not None else self.max_retries)
@@ -312,7 +325,10 @@ class Task(Generic[P, R]):
             delay = timing.seconds("countdown", countdown)
         else:
             delay = self.backoff_delay(req.retries)
-        raise Retry(exc=exc, when=delay, max_retries=max_retries)
+        raise Retry(exc=exc, when=delay, max_retries=max_retries,
+                    args=list(args) if args is not None else None,
+                    kwargs=dict(kwargs) if kwargs is not None else None,
+                    queue=queue, priority=priority)
 
     def backoff_delay(self, retries: int) -> float:
         """The delay before retry number ``retries + 1``: ``default_retry_delay``, or with

@@ -92,6 +92,12 @@ def _task(sig: Signature, app: Conveyor, given: tuple[Any, ...] | None, parent: 
                 outcome = EagerResult(task_id, signal.exc or signal, FAILURE, name=sig.task,
                                       parent=parent, retries=retries)
                 break
+            if signal.args_override is not None or signal.kwargs_override is not None:
+                call = call.clone()  # retry(args=, kwargs=): the next attempt's arguments
+                if signal.args_override is not None:
+                    call.args = tuple(signal.args_override)
+                if signal.kwargs_override is not None:
+                    call.kwargs = dict(signal.kwargs_override)
             continue
         except Replace as replaced:
             task._push_request(None)

@@ -484,6 +484,17 @@ class TaskRunner:
         nxt = replace(msg, retries=msg.retries + 1, eta=time.time() + delay, history=attempts,
                       max_retries=signal.max_retries if signal.max_retries is not None
                       else msg.max_retries)
+        if signal.args_override is not None or signal.kwargs_override is not None:
+            # retry(args=, kwargs=): the next attempt runs with these (Celery's).
+            old_args, old_kwargs = msg.arguments(self.app.task_codec)
+            content_type, args, kwargs = Message.pack_arguments(
+                self.app.task_codec,
+                signal.args_override if signal.args_override is not None else old_args,
+                signal.kwargs_override if signal.kwargs_override is not None else old_kwargs)
+            nxt = replace(nxt, content_type=content_type, args=args, kwargs=kwargs)
+        if signal.priority is not None:
+            nxt = replace(nxt, priority=signal.priority)
+        queue = signal.queue or res.queue
         record = self._record(nxt, res, RETRY, attempts=attempts,
                               error=self._error(exc) if exc else None)
         log.info("task %s[%s] retry %d in %.1fs: %s", msg.task, msg.id, nxt.retries, delay,
@@ -492,7 +503,7 @@ class TaskRunner:
         if not self._store(record):
             self._already_finished(job)
             return
-        self._reliably(lambda: self.app.enqueue([Outgoing(nxt, res.queue, delay)]))
+        self._reliably(lambda: self.app.enqueue([Outgoing(nxt, queue, delay)]))
         self._ack(res)
 
     def _fail(self, job: Job, exc: BaseException, tb: str | None, *, exhausted: bool) -> None:

@@ -675,3 +675,41 @@ def test_control_inspect_revoke_and_signals_take_celerys_call_shapes(
     app.config_from_object("no_such_settings_module_x9", silent=True)
     with pytest.raises(ImportError):
         app.config_from_object("no_such_settings_module_x9")
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_retry_takes_celerys_arguments_new_args_queue_and_priority(
+        store: str, tmp_path: Any, request: pytest.FixtureRequest) -> None:
+    import uuid
+
+    url = (f"sqlite:///{tmp_path / 'retry.db'}" if store == "sqlite"
+           else request.getfixturevalue("redis_url"))
+    queue = f"r-{uuid.uuid4().hex[:8]}"
+    app = Conveyor("retryshape", broker=url, backend=url, task_default_queue=queue,
+                   broker_visibility_timeout=2.0, worker_poll_wait=0.2)
+    seen: list[tuple[Any, ...]] = []
+
+    @app.task(bind=True, max_retries=2)
+    def moving(self: Any, n: int, *, tag: str = "first") -> str:
+        seen.append((n, tag, self.request.queue, self.request.retries))
+        if self.request.retries == 0:
+            # Positional, as Celery code writes it: args, kwargs, exc.
+            raise self.retry([n + 1], {"tag": "second"}, KeyError("again"), countdown=0,
+                             queue=queue + "-slow", priority=5)
+        return f"{n}:{tag}"
+
+    with pytest.raises(TaskOptionError, match="throw=False"):
+        moving.retry(throw=False)
+    consumer = Consumer(app, queues=[queue, queue + "-slow"], concurrency=1)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        assert moving.delay(1).get(timeout=20) == "2:second"
+    finally:
+        consumer.stop()
+        thread.join(10)
+    assert seen == [(1, "first", queue, 0), (2, "second", queue + "-slow", 1)]
+    # The same in this process (eager): the next attempt gets the new arguments.
+    seen.clear()
+    assert moving.apply((1,)).get() == "2:second"
+    app.close()
