@@ -20,7 +20,9 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 #: The one list every driver's secret options belong in.
 SECRET_QUERY_KEYS: tuple[str, ...] = (
     "password", "passwd", "pwd", "secret", "secret_key", "secret_access_key",
-    "session_token", "token", "sas_token", "access_token", "api_key", "apikey")
+    "session_token", "token", "sas_token", "access_token", "api_key", "apikey",
+    # MongoDB's, which may carry AWS_SESSION_TOKEN:<token>.
+    "authmechanismproperties")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,13 @@ class URL:
                 f"malformed URL {mask_password(self.raw)!r}: it must start with 'scheme://', "
                 "for example 'redis://localhost:6379/0' or 'sqlite:///conveyor.db'")
         userinfo = _split(self.raw)[1]
+        password = userinfo.partition(":")[2] if userinfo is not None else ""
+        if ("?" in password or "#" in password) and _only_reading(self.raw) and not \
+                re.split(r"[?#]", password, maxsplit=1)[0].isdigit():  # host:6379?x=a@b/c
+            raise InvalidURLError(
+                f"malformed URL {mask_password(self.raw)!r}: the password holds an unencoded "
+                "'?' or '#', which ends the host part; encode '?' in the password as %3F and "
+                "'#' as %23 (and '@' as %40, '/' as %2F)")
         if userinfo is not None and "/" in userinfo:
             raise InvalidURLError(
                 f"malformed URL {mask_password(self.raw)!r}: the user name or password holds "
@@ -93,6 +102,18 @@ def _split(raw: str) -> tuple[str, str | None, str, str]:
     if match is None:
         return "", None, raw, ""
     scheme, rest = raw[:match.end()], raw[match.end():]
+    # A '?' or '#' in a password would end the authority early: when an '@' follows them
+    # before the first '/', and they stand after the user name's ':', it is the password's.
+    authority = rest.split("/", 1)[0]
+    at = authority.rfind("@")
+    if at > 0:
+        user, colon, password = authority[:at].partition(":")
+        if colon and ("?" in password or "#" in password) and not (
+                "?" in user or "#" in user):
+            after = rest[at + 1:]
+            cut = min((i for i in (after.find("?"), after.find("#")) if i >= 0),
+                      default=len(after))
+            return scheme, authority[:at], after[:cut], after[cut:]
     cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
     head, tail = rest[:cut], rest[cut:]
     if head.startswith("/") or "@" not in head:
@@ -103,6 +124,14 @@ def _split(raw: str) -> tuple[str, str | None, str, str]:
     return scheme, userinfo, hostpart, tail
 
 
+def _only_reading(raw: str) -> bool:
+    """True when a '?' or '#' in the password is the only way to read ``raw``: nothing
+    before the first '?' or '#' holds an '@' (else the URL may be a plain one whose query
+    or fragment holds an '@', and is left to its driver; it is masked either way)."""
+    rest = raw[_SCHEME.match(raw).end():]  # type: ignore[union-attr]  # checked by the caller
+    return "@" not in re.split(r"[?#]", rest, maxsplit=1)[0]
+
+
 def _secret_key(key: str) -> bool:
     key = key.lower()
     return any(key.endswith(word) for word in SECRET_QUERY_KEYS)
@@ -110,7 +139,8 @@ def _secret_key(key: str) -> bool:
 
 def mask_password(raw: str) -> str:
     """Return ``raw`` with every credential replaced by ``***``: the password of its user
-    info (found by parsing, so an unencoded ``@`` or ``/`` in it leaks nothing) and the
+    info (found by parsing, so an unencoded ``@``, ``/``, ``?`` or ``#`` in it leaks
+    nothing) and the
     value of each secret query option (``password=``, ``token=``, ``aws_secret_access_key=``,
     ... see :data:`SECRET_QUERY_KEYS`)."""
     scheme, userinfo, hostpart, tail = _split(raw)

@@ -28,6 +28,43 @@ def test_every_credential_is_masked(raw: str, masked: str) -> None:
     assert "hunter2" not in mask_password(raw)
 
 
+@pytest.mark.parametrize("raw", [
+    "redis://:pa?hunter2@host:6379/0",  # a '?' would start the query
+    "redis://:hunter2#x@host/0",  # a '#' would start the fragment
+    "redis://:p@ss#hunter2@host/0",  # both an '@' and a '#'
+    "redis://u:hun?ter2@host",  # no path at all
+])
+def test_an_unencoded_question_mark_or_hash_in_a_password_leaks_nothing(raw: str) -> None:
+    assert "hunter2" not in mask_password(raw) and "ter2" not in mask_password(raw)
+    try:
+        shown = repr(URL(raw))
+    except InvalidURLError as exc:
+        shown = str(exc)
+        assert "%3F" in shown and "%23" in shown
+    assert "hunter2" not in shown and "ter2" not in shown
+    app = Conveyor("s", broker=raw, backend="memory://")
+    assert "hunter2" not in repr(app) and "ter2" not in repr(app)
+
+
+def test_a_query_holding_an_at_sign_is_still_a_valid_url() -> None:
+    assert str(URL("redis://host:6379/0?client_name=a@b")) == "redis://host:6379/0?client_name=a@b"
+    assert "hunter2" not in str(URL("redis://:hunter2@host?client_name=a@b"))
+    assert "hunter2" not in mask_password(
+        "mongodb://u:p@h/db?authMechanismProperties=AWS_SESSION_TOKEN:hunter2")
+
+
+def test_check_on_a_url_with_an_unencoded_question_mark_is_one_line_naming_the_fix() -> None:
+    from click.testing import CliRunner
+
+    from conveyor.cli import cli
+
+    done = CliRunner().invoke(cli, ["--broker", "redis://:pa?hunter2@127.0.0.1:1/0",
+                                    "--backend", "memory://", "check"])
+    assert done.exit_code != 0
+    assert "hunter2" not in done.output and "%3F" in done.output
+    assert "Traceback" not in done.output and len(done.output.strip().splitlines()) <= 3
+
+
 def test_an_unencoded_slash_in_a_password_is_a_clear_error_that_leaks_nothing() -> None:
     with pytest.raises(InvalidURLError, match="%2F") as caught:
         URL("redis://user:hun/ter2@host:6379/0")
