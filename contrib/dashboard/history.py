@@ -2,11 +2,16 @@
 
 Per minute of the last hour, one bounded read: ``query(since=minute, until=minute + 60)``
 returns the records last written in that minute, newest first, and we read at most
-``PER_MINUTE`` of them (pages of ``PAGE``). When a minute held more, its total is estimated
-from how densely the records read fill the minute (``n`` read over the seconds they span, at
-least one), and every record read stands for ``total / n`` of them: counts are then
-estimates (``estimated`` in the series; a burst within the span read makes them too high),
-percentiles come from the sample. So counts are exact up to ``PER_MINUTE`` records a minute.
+``PER_MINUTE`` of them (pages of ``PAGE``). When a minute held more, its total is estimated:
+the records read give the rate (``n`` read over the seconds from the oldest read to the
+newest), and that rate is taken over the minute's busy span, from the newest record back to
+the minute's first record, found by bisecting the rest of the minute with one-record
+queries (``ESTIMATE_PROBES`` of them, to about 15 ms). So a load that starts or stops within
+the minute is counted over the seconds it ran, not over the whole minute; a rate that changes
+inside the busy span still skews the estimate (a burst among the newest records makes it
+high). Every record read then stands for ``total / n`` of them: counts are estimates
+(``estimated`` in the series), percentiles come from the sample. Counts are exact up to
+``PER_MINUTE`` records a minute.
 
 From each record read: its state (SUCCESS, FAILURE) counts in the minute of its last write;
 each attempt that ended in ``retry`` counts in the minute it finished; the last attempt's run
@@ -42,13 +47,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from conveyor.backend import RecordQuery, ResultBackend
+from conveyor.backend import RecordQuery, ResultBackend, StoredRecord
 from conveyor.exceptions import ConveyorError
 from conveyor.record import TaskRecord
 from conveyor.states import FAILURE, SUCCESS
 
 MINUTES = 60
 PER_MINUTE = 1000
+#: One-record queries that find where a sampled minute's records begin (60 s / 2**12).
+ESTIMATE_PROBES = 12
 PAGE = 200
 REFRESH = 10.0
 DEPTH_PREFIX = "conveyor-dashboard:depth:"
@@ -168,12 +175,16 @@ class BackendHistory:
         bucket.read = len(records)
         bucket.total = float(len(records))
         if more and records:
-            # Newest first: the records read fill [oldest, end of the minute or now).
+            # Newest first: the records read span [oldest read, newest]; the minute's busy
+            # span goes back to its first record. The records' own times (the writers'
+            # clocks) are compared with each other only.
             times = [r.updated_at for r in records if isinstance(r.updated_at, (int, float))]
+            newest = max(times) if times else min(end, now)
             oldest = min(times) if times else start
-            covered = max(min(end, now) - max(oldest, start), 1.0)
-            span = max(min(end, now) - start, 1.0)
-            bucket.total = max(len(records) * span / covered, float(len(records)))
+            first = self.first_time(start, end)
+            covered = max(newest - oldest, 1e-3)
+            busy = max(newest - min(first if first is not None else start, oldest), covered)
+            bucket.total = max(len(records) * busy / covered, float(len(records)))
             bucket.estimated = True
         weight = bucket.weight
         for record in records:
@@ -193,6 +204,37 @@ class BackendHistory:
             if wait is not None:
                 bucket.waits.append(wait)
         return bucket
+
+    def first_time(self, start: float, end: float) -> float | None:
+        """About when the first record of ``[start, end)`` was written (its own time), by
+        bisection with one-record queries; None when no probe found one. A probe that comes
+        back empty with a cursor (a filtered Redis walk cut short) counts as not empty, so
+        the busy span errs long (the estimate high)."""
+        low, high = start, end
+        found: StoredRecord | None = None
+        for _ in range(ESTIMATE_PROBES):
+            middle = (low + high) / 2
+            page = self.backend.query(RecordQuery(queue=self.queue, since=start,
+                                                  until=middle, limit=1))
+            self.reads += 1
+            if page.records:
+                high, found = middle, page.records[0]
+            elif page.cursor is not None:
+                high = middle
+            else:
+                low = middle
+        if found is None:
+            page = self.backend.query(RecordQuery(queue=self.queue, since=start, until=high,
+                                                  limit=1))
+            self.reads += 1
+            found = page.records[0] if page.records else None
+        if found is None:
+            return None
+        try:
+            at = TaskRecord.from_stored(found).updated_at
+        except Exception:
+            return None
+        return float(at) if isinstance(at, (int, float)) else None
 
     def update(self, now: float | None = None) -> None:
         """Read the minutes not read yet, and the open ones again after ``refresh`` s."""

@@ -66,6 +66,14 @@ def page(browser: Any) -> Iterator[Any]:
     context.close()
 
 
+def running(site: Site) -> None:
+    """Start the module's worker unless an earlier test did: under pytest-xdist the module's
+    tests may run on different nodes, each with its own ``site``, so none may rely on
+    another having run."""
+    if not site.workers.procs:
+        site.workers.start("-c", "2", env=EXTENDED)
+
+
 def shot(page: Any, name: str) -> None:
     if SCREENSHOTS:
         DOCS.mkdir(parents=True, exist_ok=True)
@@ -106,6 +114,11 @@ def test_flow_numbers_change_as_a_worker_drains_a_backlog(site: Site, page: Any)
 
 
 def test_each_page_loads(site: Site, page: Any) -> None:
+    import e2e_tasks
+
+    e2e_tasks.add.map([(i, i) for i in range(20)])
+    site.app.flush_pending()
+    running(site)
     for path, title, name in (("/tasks", "Tasks", "tasks"), ("/workers", "Workers", "workers"),
                               ("/dead", "Dead letters", None)):
         page.goto(site.url(path))
@@ -128,8 +141,7 @@ def test_a_tasks_timeline_after_retries_and_replaying_its_dead_letter(
 
     marker = site.tmp / f"flaky-{uuid.uuid4().hex}"
     task_id = e2e_tasks.flaky_until.delay(str(marker), 3).id
-    if not site.workers.procs:
-        site.workers.start("-c", "2", env=EXTENDED)
+    running(site)
     wait_until(lambda: site.app.broker.stats(site.queue).dead == 1, timeout=60,
                what="the flaky task in the dead-letter queue")
     page.goto(site.url(f"/tasks/{task_id}"))
@@ -162,6 +174,7 @@ def test_a_tasks_timeline_after_retries_and_replaying_its_dead_letter(
 
 def test_a_dismissed_confirmation_does_nothing(site: Site, page: Any) -> None:
     site.app.broker.enqueue(site.queue, b"junk that is no message")
+    running(site)
     wait_until(lambda: site.app.broker.stats(site.queue).dead >= 1, timeout=60,
                what="the junk message dead-lettered")
     page.goto(site.url(f"/dead?queue={site.queue}"))
@@ -178,8 +191,7 @@ def test_a_restarted_dashboard_draws_the_past_hour(site: Site, page: Any) -> Non
     import e2e_tasks
 
     task_id = e2e_tasks.add.apply_async((20, 22), argsrepr="(<secret>, 22)").id
-    if not site.workers.procs:
-        site.workers.start("-c", "2", env=EXTENDED)
+    running(site)
     wait_until(lambda: (site.app.record(task_id) or object()).__dict__.get("state")
                == "SUCCESS", timeout=60, what="the task to succeed")
     # A second dashboard over the same backend, as after a restart: its charts come from
