@@ -4,6 +4,7 @@ SQLite across processes, error translation, and a claim that stays indexed at 10
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import sys
 import threading
@@ -242,6 +243,8 @@ def test_waiting_reserve_on_postgres_wakes_on_notify(postgres_url: str) -> None:
 
 
 def test_claim_uses_the_index_with_100000_queued_rows(postgres_url: str) -> None:
+    import psycopg.sql
+
     broker = SQLBroker(URL(postgres_url), table_prefix=_prefix())
     t = broker._db.tables.messages
     try:
@@ -284,9 +287,23 @@ def test_claim_uses_the_index_with_100000_queued_rows(postgres_url: str) -> None
         statement, params = claims[0]
         assert params[2:] == ("busy", 10)
         with real_raw() as conn:  # EXPLAIN plans the UPDATE without running it
-            plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + statement, params))
-        assert f"{broker._db.prefix}messages_ranked" in plan, plan
-        assert "Seq Scan" not in plan, plan
+            custom = "\n".join(row[0] for row in conn.execute("EXPLAIN " + statement, params))
+            # The statement is prepared, so after a few runs PostgreSQL may use its generic
+            # plan (parameters unknown, LIMIT included): that one must be indexed too.
+            numbered = iter(range(1, 5))
+            conn.execute("PREPARE conveyor_claim (float8, text, text, int) AS "
+                         + re.sub("%s", lambda _: f"${next(numbered)}", statement))
+            conn.execute("SET plan_cache_mode = force_generic_plan")
+            try:
+                values = psycopg.sql.SQL(", ").join(map(psycopg.sql.Literal, params))
+                generic = "\n".join(row[0] for row in conn.execute(psycopg.sql.SQL(
+                    "EXPLAIN EXECUTE conveyor_claim ({})").format(values)))
+            finally:
+                conn.execute("RESET plan_cache_mode")
+                conn.execute("DEALLOCATE conveyor_claim")
+        for plan in (custom, generic):
+            assert f"{broker._db.prefix}messages_ranked" in plan, plan
+            assert "Seq Scan" not in plan, plan
     finally:
         with broker._db.engine.begin() as conn:
             broker._db.tables.metadata.drop_all(conn)
