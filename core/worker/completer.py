@@ -1,10 +1,11 @@
 """Finishes successful tasks in batches, off the executor threads.
 
 A successful task needs its SUCCESS record stored, its follow-ups (the next chain step) sent,
-and its message acked, in that order. When the completer is idle the executor stores the
-record itself (the lowest latency for whoever waits on it) and leaves the ack here; when it
-is busy, the record comes here too, and everything that finished meanwhile is written with
-one ``store_many`` and acked with one ``ack_many``: a group commit that grows with load. The
+and its message acked, in that order. When the completer is idle and the task finished with
+nothing else held by its worker, the executor stores the record itself (the lowest latency
+for whoever waits on it) and leaves the ack here; otherwise the record comes here too, and
+everything that finished meanwhile is written with one ``store_many`` and acked with one
+``ack_many``: a group commit that grows with load (see ``Consumer._batching``). The
 order per message is unchanged, so a crash anywhere means "delivered again", never "lost".
 
 Two threads, so that results never wait for the broker: the *store* thread writes records to
