@@ -29,7 +29,7 @@ from conveyor.control.agent import REGISTRY_PREFIX
 from conveyor.exceptions import ConveyorError
 from conveyor.message import Message
 from conveyor.record import TaskRecord
-from conveyor.states import FAILURE, PENDING, RETRY, REVOKED, STARTED, SUCCESS
+from conveyor.states import FAILURE, PENDING, READY_STATES, RETRY, REVOKED, STARTED, SUCCESS
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -44,6 +44,8 @@ STATE_COUNT_EVERY = 10.0
 #: Per-queue histories kept at once (each the hour of one queue; the least recently asked
 #: for is dropped past this).
 QUEUE_HISTORIES = 16
+#: Members of a group listed on its page and in a member's workflow.
+GROUP_MEMBERS = 200
 #: Control queues are plumbing, not task queues.
 _CONTROL_PREFIX = "conveyor-control-"
 
@@ -147,7 +149,9 @@ class Reader:
                 "pid": entry.get("pid"), "queues": entry.get("queues") or [],
                 "pool": entry.get("pool"), "concurrency": entry.get("concurrency"),
                 "running": len(active) if isinstance(active, list) else 0,
-                "active": active if isinstance(active, list) else [],
+                "active": [{"id": a["id"], "task": a.get("task"), "started": a.get("started")}
+                           for a in (active if isinstance(active, list) else [])
+                           if isinstance(a, dict) and isinstance(a.get("id"), str)],
                 "processed": entry.get("processed"), "failed": entry.get("failed"),
                 "heartbeat": entry.get("heartbeat"), "started": entry.get("started"),
                 "heartbeat_age": (now - float(entry["heartbeat"])
@@ -252,39 +256,87 @@ class Reader:
                       ttl=self.app.conf.result_expires)
         self.app.enqueue([Outgoing(msg, queue, 0.0)])
 
-    def workflow(self, record: TaskRecord) -> list[dict[str, Any]]:
-        """The task's workflow as nodes (id, task, state, role): its parents up the chain, the
-        task itself, what it started (``children``: the next step, callbacks) and the other
-        members of its group among the latest 200 records of its task name."""
-        nodes: list[dict[str, Any]] = []
-        chain: list[TaskRecord] = []
-        parent = record.parent
-        while parent and len(chain) < 20:
-            found = self.app.record(parent)
-            if found is None:
-                nodes.append({"id": parent, "task": None, "state": "UNKNOWN", "role": "parent"})
-                break
-            chain.append(found)
-            parent = found.parent
-        for up in reversed(chain):
-            nodes.append({"id": up.task_id, "task": up.task, "state": up.state,
-                          "role": "parent"})
-        nodes.append({"id": record.task_id, "task": record.task, "state": record.state,
-                      "role": "self"})
-        # What it started: its chain's next step (a group's id for a group), its callbacks.
-        children = [c for c in getattr(record, "children", None) or [] if isinstance(c, str)]
-        found_children = self.app.backend.get_many(children[:50]) if children else {}
-        for child in children[:50]:
-            stored = found_children.get(child)
+    def group(self, group_id: str) -> dict[str, Any] | None:
+        """A group the backend knows by id: a chord's header (its entry, written when the
+        chord was sent) or a group saved with ``GroupResult.save()``; None otherwise. Its
+        members (at most ``GROUP_MEMBERS``) with their states, how many are done, the
+        chord's body and what the group followed (``parent``)."""
+        if not self.has_registry:
+            return None
+        from conveyor.canvas.engine import header_result
+        from conveyor.canvas.tree import workflow as tree
+        from conveyor.result import GroupResult
+
+        kind = "chord"
+        found = header_result(self.app, group_id)
+        if found is None:
+            kind, found = "group", GroupResult.restore(group_id, app=self.app)
+        if found is None:
+            return None
+        ids: list[str] = []
+        pending: list[Any] = list(found.results)
+        while pending:  # a saved group may nest groups: their members, in order
+            item = pending.pop(0)
+            if isinstance(item, GroupResult):
+                pending[:0] = list(item.results)
+            else:
+                ids.append(str(item.id))
+        stored = self.app.backend.get_many(ids[:GROUP_MEMBERS])
+        members = []
+        for member in ids[:GROUP_MEMBERS]:
             try:
-                kid = TaskRecord.from_stored(stored) if stored is not None else None
+                kid = TaskRecord.from_stored(stored[member]) if member in stored else None
             except Exception:
                 kid = None
-            nodes.append({"id": child, "task": kid.task if kid else None,
-                          "state": kid.state if kid else "UNKNOWN", "role": "child"})
-        if record.group and self.can_query:
-            # Members of a group share its id; a scan of recent records of the same task
-            # name finds the siblings cheaply enough for a page view.
+            members.append({"id": member, "task": kid.task if kid else None,
+                            "state": kid.state if kid else "PENDING"})
+        body = None
+        if kind == "chord":
+            chord = tree(self.app, group_id).get("chord") or {}
+            if chord.get("body"):
+                body = {"id": chord["body"], "task": chord.get("body_task"),
+                        "state": chord.get("body_state") or "PENDING"}
+        parent = getattr(found.parent, "id", None)
+        done = sum(m["state"] in READY_STATES for m in members)
+        return {"id": group_id, "kind": kind, "size": len(ids), "done": done,
+                "members": members, "body": body,
+                "parent": str(parent) if parent else None}
+
+    def workflow(self, record: TaskRecord) -> list[dict[str, Any]]:
+        """The task's workflow as nodes (id, task, state, role): its parents up the chain
+        (a chord's header among them as one ``group`` node), the task itself, the other
+        members of its group (exactly, for a chord's header or a saved group; else found
+        among the latest 200 records of its task name), what it started (``children``: the
+        next step, callbacks; a group as one node) and a chord's body."""
+        nodes: list[dict[str, Any]] = []
+        chain: list[dict[str, Any]] = []
+        parent = record.parent
+        seen = {record.task_id}
+        while parent and parent not in seen and len(chain) < 20:
+            seen.add(parent)
+            found = self.app.record(parent)
+            if found is not None:
+                chain.append({"id": found.task_id, "task": found.task, "state": found.state,
+                              "role": "parent"})
+                parent = found.parent
+                continue
+            group = self.group(parent)
+            if group is None:
+                chain.append({"id": parent, "task": None, "state": "UNKNOWN",
+                              "role": "parent"})
+                break
+            chain.append(_group_node(group, "parent"))
+            parent = group["parent"]
+        nodes += reversed(chain)
+        nodes.append({"id": record.task_id, "task": record.task, "state": record.state,
+                      "role": "self"})
+        own = self.group(record.group) if record.group else None
+        if own is not None:
+            nodes += [{**m, "role": "sibling"} for m in own["members"]
+                      if m["id"] != record.task_id]
+        elif record.group and self.can_query:
+            # A plain group keeps no list of its members: its members share its id, and a
+            # scan of recent records of the same task name finds them cheaply enough.
             page = self.app.backend.query(RecordQuery(name=record.task, limit=200))
             for stored in page.records:
                 if stored.task_id == record.task_id:
@@ -296,6 +348,23 @@ class Reader:
                 if other.group == record.group:
                     nodes.append({"id": other.task_id, "task": other.task,
                                   "state": other.state, "role": "sibling"})
+        # What it started: its chain's next step (a group's id for a group), its callbacks.
+        children = [c for c in getattr(record, "children", None) or [] if isinstance(c, str)]
+        found_children = self.app.backend.get_many(children[:50]) if children else {}
+        for child in children[:50]:
+            held = found_children.get(child)
+            try:
+                kid = TaskRecord.from_stored(held) if held is not None else None
+            except Exception:
+                kid = None
+            group = self.group(child) if kid is None else None
+            if group is not None:
+                nodes.append(_group_node(group, "child"))
+                continue
+            nodes.append({"id": child, "task": kid.task if kid else None,
+                          "state": kid.state if kid else "UNKNOWN", "role": "child"})
+        if own is not None and own["body"] is not None:
+            nodes.append({**own["body"], "role": "body"})
         if len(nodes) == 1:
             return []
         return nodes
@@ -364,10 +433,10 @@ class Reader:
         workers = self.live_workers()
         sample = Sample(
             at=time.time(), queues=self.queues(),
-            processed=sum(int(w.get("processed") or 0) for w in workers.values()),
-            failed=sum(int(w.get("failed") or 0) for w in workers.values()),
-            busy=sum(len(w.get("active") or []) for w in workers.values()),
-            threads=sum(int(w.get("concurrency") or 0) for w in workers.values()),
+            processed=sum(registry_count(w.get("processed")) for w in workers.values()),
+            failed=sum(registry_count(w.get("failed")) for w in workers.values()),
+            busy=sum(registry_count(w.get("active")) for w in workers.values()),
+            threads=sum(registry_count(w.get("concurrency")) for w in workers.values()),
             workers=len(workers), states=self.state_counts())
         with self._lock:
             self.samples.append(sample)
@@ -525,6 +594,24 @@ class Reader:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def registry_count(value: Any) -> int:
+    """A registry entry's count (a number, or a list's length); 0 for anything else: an
+    entry written by another version, or garbled, must not break a page."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, (int, float)):
+        return int(value)
+    return len(value) if isinstance(value, list) else 0
+
+
+def _group_node(group: dict[str, Any], role: str) -> dict[str, Any]:
+    """A group (or a chord's header) as one workflow node."""
+    label = "chord header" if group["kind"] == "chord" else "group"
+    return {"id": group["id"], "task": f"{label} of {group['size']}",
+            "state": f"{group['done']} of {group['size']} done", "role": role,
+            "group": True}
 
 
 def _depths(sample: Sample) -> dict[str, int]:

@@ -11,7 +11,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from conveyor.contrib.dashboard.data import Reader
+from conveyor.contrib.dashboard.data import Reader, registry_count
 
 #: Run-time and wait-time histogram bucket bounds, seconds.
 BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
@@ -41,9 +41,9 @@ class _Collector(Collector):
         busy = GaugeMetricFamily("conveyor_worker_busy", "Tasks running on a worker now",
                                  labels=["worker"])
         for name, entry in workers.items():
-            processed.add_metric([name], float(entry.get("processed") or 0))
-            failed.add_metric([name], float(entry.get("failed") or 0))
-            busy.add_metric([name], float(len(entry.get("active") or [])))
+            processed.add_metric([name], float(registry_count(entry.get("processed"))))
+            failed.add_metric([name], float(registry_count(entry.get("failed"))))
+            busy.add_metric([name], float(registry_count(entry.get("active"))))
         yield processed
         yield failed
         yield busy

@@ -2,7 +2,8 @@
 
 Pages: ``/`` (flow; ``?queue=`` charts one queue), ``/tasks``, ``/tasks/{id}``,
 ``/workers``, ``/dead``. API (JSON, read): ``/api/flow``, ``/api/history`` (``?queue=``: one
-queue's hour), ``/api/queues``, ``/api/tasks``, ``/api/tasks/{id}``, ``/api/workers``,
+queue's hour), ``/api/queues``, ``/api/tasks``, ``/api/tasks/{id}``, ``/api/groups/{id}``
+(a chord's header or a saved group), ``/api/workers``,
 ``/api/dead/{queue}``, ``/api/events`` (server-sent events: a flow snapshot every two
 seconds). API (POST, CSRF token in the ``csrf`` form field or ``X-CSRF-Token`` header;
 refused with ``--read-only``): ``/api/revoke/{id}``, ``/api/retry/{id}``,
@@ -179,6 +180,11 @@ class Dashboard:
         task_id = request.path_params["task_id"]
         task = await self.call(self.reader.task, task_id)
         if task is None:
+            # A group's id (the task page links a member's group): a chord's header or a
+            # saved group has a page of its own.
+            group = await self.call(self.reader.group, task_id)
+            if group is not None:
+                return self.render(request, "group.html", page="tasks", group=group)
             return self.render(request, "task.html", status=404, page="tasks", task=None,
                                task_id=task_id)
         return self.render(request, "task.html", page="tasks", task=task, task_id=task_id)
@@ -224,6 +230,13 @@ class Dashboard:
         if task is None:
             return JSONResponse({"error": "no such task"}, 404)
         return JSONResponse(json.loads(json.dumps(task, default=repr)))
+
+    async def api_group(self, request: Request) -> Response:
+        group = await self.call(self.reader.group, request.path_params["group_id"])
+        if group is None:
+            return JSONResponse({"error": "no such group (only a chord's header or a group "
+                                          "saved with GroupResult.save() is known)"}, 404)
+        return JSONResponse(group)
 
     async def api_workers(self, request: Request) -> Response:
         return JSONResponse(await self.call(self.reader.workers))
@@ -356,6 +369,7 @@ class Dashboard:
             Route("/api/revoke/{task_id:path}", self.revoke, methods=["POST"]),
             Route("/api/retry/{task_id:path}", self.retry, methods=["POST"]),
             Route("/api/tasks/{task_id:path}", self.api_task),
+            Route("/api/groups/{group_id:path}", self.api_group),
             Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
         ]
         guard = self.guard

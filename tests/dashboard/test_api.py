@@ -89,6 +89,12 @@ def test_api_follows_real_workers(app: Any, queue: str, workers: Workers, *,
                timeout=30, what="the worker's processed count in the registry")
     worker = mine()
     assert len(worker) == 1 and worker[0]["alive"]
+    # What it runs now, linked from the workers page.
+    napping = e2e_tasks.nap.delay(5).id
+    app.flush_pending()
+    wait_until(lambda: napping in [a["id"] for w in mine() for a in w["active"]],
+               timeout=30, what="the running task in the worker's registry entry")
+    assert f'href="/tasks/{napping}"' in client.get("/workers").text
 
     letters = [d for d in client.get(f"/api/dead/{queue}").json() if d["task_id"] == flaky]
     assert len(letters) == 1 and "max retries" in letters[0]["reason"]
@@ -227,3 +233,57 @@ def test_a_restarted_dashboard_rebuilds_the_hour_and_retries_from_stored_argumen
         "retry", "retry", "failure", "success"]
     refused = client.post(f"/api/retry/{adds[0]}", headers={"X-CSRF-Token": dash.guard.csrf()})
     assert refused.status_code == 409 and "FAILURE" in refused.json()["error"]
+
+
+def test_the_task_page_draws_a_chord_and_a_saved_group_with_their_members(
+        app: Any, queue: str, workers: Workers, *, client: TestClient) -> None:
+    import canvas_tasks as c
+    import e2e_tasks as t
+
+    from conveyor import chain, chord, group
+
+    workers.start("-c", "2")
+    body = chain(t.add.s(1, 1), chord([t.add.s(1), t.mul.s(2), t.add.s(3)], c.total.s()))()
+    assert body.get(timeout=60) == 12  # 2 -> 3, 4, 5
+    header = body.parent
+    members = [r.id for r in header.results]
+    first = header.parent.id
+
+    # A header member: its siblings exactly (from the chord's entry), then the chord's body.
+    nodes = client.get(f"/api/tasks/{members[1]}").json()["workflow"]
+    assert [(n["id"], n["role"]) for n in nodes] == [
+        (first, "parent"), (members[1], "self"), (members[0], "sibling"),
+        (members[2], "sibling"), (body.id, "body")]
+    assert nodes[-1]["state"] == "SUCCESS"
+    # The body: its parent is the header, one node, which follows the chain's first task.
+    up = client.get(f"/api/tasks/{body.id}").json()["workflow"]
+    assert [(n["id"], n["role"], n["state"]) for n in up] == [
+        (first, "parent", "SUCCESS"), (header.id, "parent", "3 of 3 done"),
+        (body.id, "self", "SUCCESS")]
+    assert up[1]["task"] == "chord header of 3" and up[1]["group"] is True
+    # The first task started the header: one node for the group.
+    down = client.get(f"/api/tasks/{first}").json()["workflow"]
+    assert [(n["id"], n["role"]) for n in down] == [(first, "self"), (header.id, "child")]
+
+    # The header's own page (a member's "group" link, the body's parent link).
+    view = client.get(f"/api/groups/{header.id}").json()
+    assert (view["kind"], view["size"], view["done"], view["parent"]) == ("chord", 3, 3, first)
+    assert [m["id"] for m in view["members"]] == members
+    assert {m["state"] for m in view["members"]} == {"SUCCESS"}
+    assert view["body"] == {"id": body.id, "task": "canvas_tasks.total", "state": "SUCCESS"}
+    page = client.get(f"/tasks/{header.id}")
+    assert page.status_code == 200 and "Chord header" in page.text
+    assert all(f'href="/tasks/{m}"' in page.text for m in [*members, body.id, first])
+    assert f'href="/tasks/{header.id}"' in client.get(f"/tasks/{body.id}").text
+
+    # A plain group keeps no list of its members unless saved; saved, it has a page too.
+    saved = group(t.add.s(5, 5), t.mul.s(6, 6))()
+    assert saved.get(timeout=60) == [10, 36]
+    saved.save()
+    view = client.get(f"/api/groups/{saved.id}").json()
+    assert (view["kind"], view["size"], view["done"], view["body"]) == ("group", 2, 2, None)
+    nodes = client.get(f"/api/tasks/{saved.results[0].id}").json()["workflow"]
+    assert [(n["id"], n["role"]) for n in nodes] == [
+        (saved.results[0].id, "self"), (saved.results[1].id, "sibling")]
+    assert client.get("/api/groups/no-such-group").status_code == 404
+    assert client.get("/tasks/no-such-group").status_code == 404

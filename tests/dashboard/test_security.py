@@ -189,6 +189,47 @@ def test_untrusted_strings_are_never_markup(memory_app: Conveyor) -> None:
     assert "Content-Security-Policy" in client.get("/").headers
 
 
+def test_untrusted_queues_workers_dead_letters_and_groups_are_never_markup(
+        memory_app: Conveyor) -> None:
+    import json
+
+    from conveyor.control.agent import REGISTRY_PREFIX
+    from conveyor.result import AsyncResult, GroupResult
+
+    dash = Dashboard(memory_app, sample=False)
+    client = TestClient(dash.asgi(), base_url=LOCAL)
+    backend, broker = memory_app.backend, memory_app.broker
+    for i, text in enumerate(HTML):
+        queue = f"{text}-q{i}"
+        broker.enqueue(queue, text.encode())  # undecodable: shown as its body
+        [res] = broker.reserve([queue], lease=5, limit=1)
+        broker.dead_letter(res, reason=text)
+        backend.put_entry(REGISTRY_PREFIX + f"{text}@host{i}", json.dumps({
+            "host": text, "pid": text, "queues": [queue], "pool": text, "concurrency": text,
+            "active": [text, {"id": text, "task": text}], "processed": text, "failed": text,
+            "heartbeat": 1.0, "version": text}).encode(), ttl=60)
+    members = [f"{text}-member" for text in HTML]
+    for member in members:
+        backend.store(TaskRecord(member, "SUCCESS", task=HTML[0], group=HTML[2]).to_stored(),
+                      ttl=60)
+    GroupResult([AsyncResult(m, app=memory_app) for m in members], id=HTML[2],
+                app=memory_app).save()
+    queues = [f"{text}-q{i}" for i, text in enumerate(HTML)]
+    pages = [client.get("/").text, client.get("/", params={"queue": queues[0]}).text,
+             client.get("/workers").text, client.get("/dead").text,
+             client.get(f"/tasks/{members[0]}").text,
+             client.get("/tasks/" + HTML[2]).text]
+    pages += [client.get("/dead", params={"queue": q, "done": q}).text for q in queues]
+    assert "Group" in pages[5] and "&lt;script&gt;alert(1)&lt;/script&gt;-member" in pages[5]
+    assert client.get("/metrics").status_code == 200  # garbled registry counts count as 0
+    assert client.get("/api/groups/" + HTML[2]).json()["size"] == len(HTML)
+    for page in pages:
+        for bad in ("<script>alert", "<img src=x", "<svg onload"):
+            assert bad not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in pages[2]  # the workers page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in pages[3]  # the dead-letter queues
+
+
 def test_the_redaction_hook_applies_to_task_views(memory_app: Conveyor) -> None:
     def hide(view: dict[str, Any]) -> dict[str, Any]:
         return {**view, "args": "<hidden>", "kwargs": "<hidden>", "result": "<hidden>"}

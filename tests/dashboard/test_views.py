@@ -39,7 +39,7 @@ def test_the_task_view_shows_its_workflow(memory_app: Conveyor) -> None:
     nodes = client.get("/api/tasks/wf-second").json()["workflow"]
     assert [(n["id"], n["role"], n["state"]) for n in nodes] == [
         ("wf-first", "parent", "SUCCESS"), ("wf-second", "self", "SUCCESS"),
-        ("wf-third", "child", "PENDING"), ("wf-sibling", "sibling", "FAILURE")]
+        ("wf-sibling", "sibling", "FAILURE"), ("wf-third", "child", "PENDING")]
     page = client.get("/tasks/wf-second").text
     assert 'href="/tasks/wf-third"' in page and 'href="/tasks/wf-first"' in page
     assert client.get("/api/tasks/wf-third").json()["workflow"][0]["id"] == "wf-first"
