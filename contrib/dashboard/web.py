@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
@@ -77,6 +78,16 @@ def _parse_time(value: str | None) -> float | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.timestamp()
+
+
+#: What an action's redirect may ask a page to show (``?done=``): only these, so a link from
+#: elsewhere cannot put its own words on the dashboard's pages.
+_NOTICE = re.compile(r"revoked|retried: \d+|replayed \d+, skipped \d+|deleted \d+")
+
+
+def _notice(value: str | None) -> str | None:
+    """``value`` if it is one of the dashboard's own action messages, else None."""
+    return value if value is not None and _NOTICE.fullmatch(value) else None
 
 
 def _to_json(value: Any) -> str:
@@ -187,7 +198,8 @@ class Dashboard:
                 return self.render(request, "group.html", page="tasks", group=group)
             return self.render(request, "task.html", status=404, page="tasks", task=None,
                                task_id=task_id)
-        return self.render(request, "task.html", page="tasks", task=task, task_id=task_id)
+        return self.render(request, "task.html", page="tasks", task=task, task_id=task_id,
+                           notice=_notice(request.query_params.get("done")))
 
     async def workers_page(self, request: Request) -> Response:
         workers = await self.call(self.reader.workers)
@@ -200,7 +212,7 @@ class Dashboard:
         letters = []
         if chosen:
             letters = await self.call(self.reader.dead_letters, chosen, limit=200)
-        message = request.query_params.get("done")
+        message = _notice(request.query_params.get("done"))
         return self.render(request, "dead.html", page="dead", queues=queues, chosen=chosen,
                            letters=letters, message=message)
 

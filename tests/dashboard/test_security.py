@@ -116,6 +116,56 @@ def test_actions_need_the_csrf_token_and_the_same_origin(memory_app: Conveyor) -
     assert memory_app.backend.get(task_id).state == "REVOKED"  # type: ignore[union-attr]
 
 
+def test_every_action_refuses_a_missing_or_forged_token_and_another_origin(
+        memory_app: Conveyor) -> None:
+    dash = Dashboard(memory_app, sample=False)
+    client = TestClient(dash.asgi(), base_url=LOCAL)
+    broker, backend = memory_app.broker, memory_app.backend
+    failed = "failed-" + uuid.uuid4().hex
+    backend.store(TaskRecord(failed, "FAILURE", task="t", queue="default", args=[1],
+                             kwargs={}, args_type="json").to_stored(), ttl=60)
+    queued = "queued-" + uuid.uuid4().hex
+    backend.store(TaskRecord(queued, "PENDING", task="t").to_stored(), ttl=60)
+    broker.enqueue("default", b"not a conveyor message")
+    [res] = broker.reserve(["default"], lease=5, limit=1)
+    broker.dead_letter(res, reason="undecodable")
+    [letter] = client.get("/api/dead/default").json()
+    token = dash.guard.csrf()
+    actions = [(f"/api/revoke/{queued}", {}), (f"/api/retry/{failed}", {}),
+               ("/api/dead/default/replay", {"id": letter["message_id"]}),
+               ("/api/dead/default/delete", {"id": letter["message_id"]}),
+               ("/api/dead/default/delete", {"all": "1"})]
+    for path, form in actions:
+        attempts = [({}, form), ({}, {**form, "csrf": "forged"}),
+                    ({"X-CSRF-Token": "forged"}, form),
+                    ({"Origin": "http://evil.example"}, {**form, "csrf": token}),
+                    ({"Origin": "null"}, {**form, "csrf": token}),
+                    ({"Sec-Fetch-Site": "cross-site"}, {**form, "csrf": token}),
+                    ({"Sec-Fetch-Site": "same-site"}, {**form, "csrf": token})]
+        for headers, data in attempts:
+            reply = client.post(path, data=data, headers=headers)
+            assert reply.status_code == 403, (path, headers, data)
+        assert client.get(path).status_code == 405  # actions are POSTs, never links
+    # Nothing happened.
+    assert backend.get(queued).state == "PENDING"  # type: ignore[union-attr]
+    assert backend.get(failed).state == "FAILURE"  # type: ignore[union-attr]
+    assert broker.stats("default").dead == 1 and broker.stats("default").ready == 0
+    # The same requests with the token, from the page's origin, act.
+    ok = client.post("/api/dead/default/delete", data={"id": letter["message_id"]},
+                     headers={"X-CSRF-Token": token, "Origin": LOCAL,
+                              "Sec-Fetch-Site": "same-origin"})
+    assert ok.status_code == 200 and ok.json()["deleted"] == 1
+
+
+def test_notices_show_only_the_dashboards_own_messages(memory_app: Conveyor) -> None:
+    client = _client(memory_app)
+    memory_app.backend.store(TaskRecord("n1", "SUCCESS", task="t").to_stored(), ttl=60)
+    lure = "Session expired: sign in again at http://evil.example"
+    for path in ("/dead?queue=default", "/tasks/n1"):
+        assert "evil.example" not in client.get(path, params={"done": lure}).text
+        assert "deleted 2" in client.get(path, params={"done": "deleted 2"}).text
+
+
 def test_read_only_hides_and_refuses_actions(memory_app: Conveyor) -> None:
     dash = Dashboard(memory_app, sample=False, read_only=True)
     client = TestClient(dash.asgi(), base_url=LOCAL)

@@ -115,3 +115,19 @@ def test_one_queues_hour_counts_only_that_queue(memory_app: Conveyor) -> None:
     assert [sum(m[k] for m in every["series"]) for k in ("succeeded", "failed")] == [6, 4]
     assert sum(m["succeeded"] for m in BackendHistory(backend, queue="none").series()[
         "minutes"]) == 0
+
+
+def test_the_timeline_marks_a_redelivery_after_a_lost_lease(memory_app: Conveyor) -> None:
+    from conveyor.record import Attempt
+
+    memory_app.backend.store(TaskRecord("relived", "SUCCESS", task="t", worker="w2", attempts=[
+        Attempt(1, None, None, outcome="lost").to_dict(),
+        Attempt(2, "w2", 140.0, 141.5, "success").to_dict()]).to_stored(), ttl=60)
+    client = TestClient(Dashboard(memory_app, sample=False).asgi(), base_url=LOCAL)
+    assert [a["outcome"] for a in client.get("/api/tasks/relived").json()["attempts"]] == [
+        "lost", "success"]
+    page = client.get("/tasks/relived").text
+    timeline = page[page.index('id="timeline"'):page.index("</ol>")]
+    first, second = timeline.split("<li")[1:]
+    assert first.startswith(' class="lost"') and '<span class="state">lost</span>' in first
+    assert second.startswith(' class="success"') and "1500.0 ms" in second
