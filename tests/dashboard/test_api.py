@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,22 @@ def test_api_follows_real_workers(app: Any, queue: str, workers: Workers, *,
                timeout=30, what="the worker's processed count in the registry")
     worker = mine()
     assert len(worker) == 1 and worker[0]["alive"]
+    # The worker and time-range filters (epoch seconds or ISO 8601, naive meaning UTC).
+    hostname = worker[0]["hostname"]
+    assert set(adds) <= {t["id"] for t in _tasks(client, queue=queue, worker=hostname)}
+    assert _tasks(client, queue=queue, worker=hostname + "-nobody") == []
+    from datetime import datetime, timezone
+
+    def iso(at: float) -> str:
+        return datetime.fromtimestamp(at, tz=timezone.utc).replace(tzinfo=None).isoformat()
+
+    now = time.time()
+    assert len(_tasks(client, queue=queue, since=iso(now - 600))) == 8
+    assert len(_tasks(client, queue=queue, since=str(now - 600), until=str(now + 60))) == 8
+    assert _tasks(client, queue=queue, since=iso(now + 60)) == []
+    assert _tasks(client, queue=queue, until=str(now - 600)) == []
+    bad = client.get("/api/tasks", params={"since": "yesterday"})
+    assert bad.status_code == 400 and "ISO 8601" in bad.json()["error"]
     # What it runs now, linked from the workers page.
     napping = e2e_tasks.nap.delay(5).id
     app.flush_pending()
