@@ -17,7 +17,13 @@ annotations are left out before sampling (every driver has ``from __future__ imp
 annotations``: they are never evaluated, so those mutants are equivalent by construction).
 
 The report lists every surviving mutant (operator, line, diff) to be killed by a new test or
-argued equivalent.
+argued equivalent. ``--recheck OLD.json`` runs the survivors of an earlier report again, each
+diff applied to the files of ``--commit`` (``patch`` finds a hunk that moved), against the
+target's tests or ``--tests`` (for instance the PostgreSQL and MySQL classes too): it tells
+which survivors the tests added since kill, without drawing a new sample.
+
+    python tools/mutation.py sqlite-broker --recheck bench/mutation-run3.json \
+        --tests "tests/contract/test_sql.py -k 'SQLiteBroker or PostgresBroker'"
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import ast
 import json
 import os
 import random
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -200,6 +207,47 @@ def run(target: str, *, budget: float | None, per_mutant: float, sample: int | N
             "survivors": [m for m in ran if m["outcome"] == "survived"]}
 
 
+def recheck(target: str, survivors: list[dict[str, object]], *, tests: list[str] | None,
+            per_mutant: float, commit: str) -> dict[str, object]:
+    """Apply each earlier survivor's diff to ``commit``'s files, one at a time, and run the
+    tests on it; killed when they fail, survived when they pass, stale when the diff no
+    longer applies (its line changed since)."""
+    module, default_tests = TARGETS[target]
+    args = default_tests if tests is None else tests
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="conveyor-mutation-") as scratch:
+        work = Path(scratch)
+        pkg = _copy_tree(work, commit)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(pkg), str(work), os.environ.get("PYTHONPATH", "")])}
+        pristine = (work / module).read_bytes()
+        for mutant in survivors:
+            (work / module).write_bytes(pristine)
+            patch = subprocess.run(["patch", "-p1", "--batch", "--no-backup-if-mismatch",
+                                    "-r", "-"], cwd=work, capture_output=True,
+                                   input=str(mutant["diff"]).encode(), check=False)
+            outcome = "stale"
+            started = time.monotonic()
+            if patch.returncode == 0:
+                try:
+                    done = subprocess.run(
+                        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                         "-p", "no:randomly", *args], cwd=work, env=env, capture_output=True,
+                        timeout=per_mutant, check=False)
+                    outcome = "survived" if done.returncode == 0 else "killed"
+                except subprocess.TimeoutExpired:
+                    outcome = "killed"  # as cosmic-ray counts a timeout
+            rows.append({**mutant, "outcome": outcome,
+                         "seconds": round(time.monotonic() - started)})
+            print(f"{target} line {mutant['line']} {mutant['operator']}: {outcome}",
+                  flush=True)
+        (work / module).write_bytes(pristine)
+    return {"target": target, "file": module, "commit": commit, "tests": " ".join(args),
+            "rechecked": len(rows), "killed": sum(r["outcome"] == "killed" for r in rows),
+            "survived": sum(r["outcome"] == "survived" for r in rows),
+            "stale": sum(r["outcome"] == "stale" for r in rows), "mutants": rows}
+
+
 def main() -> None:
     """Run the targets named on the command line; print (and append) a report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -216,8 +264,27 @@ def main() -> None:
                         help="the commit whose files are mutated and tested (default HEAD, "
                              "resolved once at the start)")
     parser.add_argument("--json", type=Path, default=None, help="write the summaries here")
+    parser.add_argument("--recheck", type=Path, default=None,
+                        help="run again the survivors this earlier --json report lists for "
+                             "the targets named, instead of drawing a sample")
+    parser.add_argument("--tests", default=None,
+                        help="with --recheck: pytest arguments to run instead of the "
+                             "target's (one shell-quoted string)")
     args = parser.parse_args()
     commit = _resolve(args.commit)
+    if args.recheck:
+        earlier = {s["target"]: s for s in json.loads(args.recheck.read_text())}
+        rechecks = []
+        for target in args.targets:
+            rechecks.append(recheck(
+                target, earlier[target]["survivors"], per_mutant=args.per_mutant,
+                tests=None if args.tests is None else shlex.split(args.tests), commit=commit))
+            if args.json:
+                args.json.write_text(json.dumps(rechecks, indent=2))
+        for r in rechecks:
+            print(f"{r['target']} @ {commit[:7]}: of {r['rechecked']} earlier survivors "
+                  f"{r['killed']} killed, {r['survived']} survived, {r['stale']} stale")
+        return
     summaries = []
     for target in args.targets:
         summaries.append(run(target, budget=args.budget, per_mutant=args.per_mutant,

@@ -236,6 +236,10 @@ class BrokerEnqueueReserveContract(BrokerFixtures):
                                timeout=5 + timings.slack, tick=timings.tick)
         assert got.message_id == message_id
         assert got.body == body
+        declared = broker.capabilities.max_message_size
+        assert declared is None or declared >= LARGE_BODY_SIZE, (
+            f"declares max_message_size={declared}, below the {LARGE_BODY_SIZE}-byte body it "
+            "just carried: the core refuses to send any body over the declared size")
 
     def test_every_enqueued_message_is_delivered(
             self, broker: Broker, queue: str, timings: BrokerTimings) -> None:

@@ -9,12 +9,23 @@ the flag), so for it these tests only check that every message still arrives.
 
 from __future__ import annotations
 
+import inspect
+
 from conveyor.broker import Broker
 from conveyor.testing.broker import BrokerFixtures, BrokerTimings, reserve_count, reserve_within
 
 
 class BrokerPriorityContract(BrokerFixtures):
     """Higher priorities first, kept through nack and lease expiry."""
+
+    def test_a_broker_whose_enqueue_takes_a_priority_declares_it(self, broker: Broker) -> None:
+        # The core passes priority= only to brokers declaring the capability: one that takes
+        # the keyword but does not declare it silently loses every task's priority.
+        for method in (broker.enqueue, broker.enqueue_many):
+            if "priority" in inspect.signature(method).parameters:
+                assert broker.capabilities.priorities, (
+                    f"{type(broker).__name__}.{method.__name__} takes priority= but the "
+                    "broker does not declare priorities=True")
 
     def _send(self, broker: Broker, queue: str, body: bytes, priority: int) -> None:
         if broker.capabilities.priorities:

@@ -123,6 +123,30 @@ class BackendQueryContract(BackendFixtures):
         assert collect(querying, RecordQuery(id_prefix=stem + "-a%")) == []
         assert collect(querying, RecordQuery(id_prefix=stem + "-a_")) == []
 
+    def test_id_prefix_may_end_in_the_last_code_point(
+            self, querying: ResultBackend, put: Callable[..., str], name: str) -> None:
+        # No character sorts after U+10FFFF: a driver turning the prefix into a range (from
+        # the prefix up to the prefix with its last character bumped) must not bump that one.
+        stem = f"contract-{uuid.uuid4()}-"
+        last = put(task_id=stem + "\U0010ffff-1")
+        put(task_id=stem + "\U0010fffe-1")
+        put(task_id=stem + "z")
+        assert collect(querying, RecordQuery(id_prefix=stem + "\U0010ffff")) == [last]
+        assert collect(querying, RecordQuery(id_prefix="\U0010ffff" + stem)) == []
+
+    def test_records_come_back_with_their_latest_labels(
+            self, querying: ResultBackend, put: Callable[..., str], name: str) -> None:
+        # The dashboard lists name, queue and worker from the query's records themselves.
+        plain = put(queue="qa", worker="wa")
+        anonymous = put("STARTED", queue="qb", worker=None)
+        moved = put("STARTED", queue="qc", worker="w-old")
+        put("SUCCESS", task_id=moved, queue="qd", worker="w-new")
+        labels = {r.task_id: (r.state, r.name, r.queue, r.worker)
+                  for r in querying.query(RecordQuery(name=name, limit=10)).records}
+        assert labels == {plain: ("SUCCESS", name, "qa", "wa"),
+                          anonymous: ("STARTED", name, "qb", None),
+                          moved: ("SUCCESS", name, "qd", "w-new")}
+
     def test_time_bounds(self, querying: ResultBackend, put: Callable[..., str],
                          name: str) -> None:
         old = put()
