@@ -300,9 +300,9 @@ class SQLResultBackend(ResultBackend):
 
     def wait(self, task_id: str, *, timeout: float | None) -> StoredRecord | None:
         """Block until a terminal record exists; None on timeout. PostgreSQL wakes on NOTIFY;
-        elsewhere this polls with backoff (10 ms doubling to ``poll_interval``)."""
+        elsewhere this polls with backoff (2 ms doubling to ``poll_interval``)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        pause = backoff(0.01, self.poll_interval)
+        pause = backoff(0.002, self.poll_interval)
         listener = self._db.listener("results")
         while True:
             seen = listener.generation if listener is not None else 0

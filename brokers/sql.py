@@ -137,7 +137,7 @@ class SQLBroker(Broker):
         """Claim up to ``limit`` ready messages, earlier queues first, atomically.
 
         While waiting, PostgreSQL sleeps until a NOTIFY from ``enqueue``/``nack``; the others
-        poll with backoff (10 ms doubling to ``poll_interval``). Either way a wait also ends
+        poll with backoff (2 ms doubling to ``poll_interval``). Either way a wait also ends
         when the next delayed message or lease is due.
         """
         if isinstance(queues, str):
@@ -145,7 +145,7 @@ class SQLBroker(Broker):
         for queue in queues:
             self._db.check_queue_name(queue, consuming=True)
         deadline = time.monotonic() + max(wait, 0.0)
-        pause = backoff(0.01, self.poll_interval)
+        pause = backoff(0.002, self.poll_interval)
         listener = self._db.listener("messages") if wait > 0 else None
         while True:
             seen = listener.generation if listener is not None else 0
