@@ -288,14 +288,31 @@ class S3ResultBackend(ResultBackend):
                 {"Key": self._key("t", task_id)}, {"Key": self._key("p", task_id)}]})
 
     def wait(self, task_id: str, *, timeout: float | None) -> StoredRecord | None:
-        """Poll with backoff (50 ms doubling to ``poll_interval``, 1 s by default); returns
-        within ``timeout``."""
+        """Poll the terminal key with backoff (50 ms doubling to ``poll_interval``, 1 s by
+        default); returns within ``timeout``.
+
+        A terminal record written during the wait is returned even when it expired before a
+        poll saw it live (a ``result_expires`` shorter than the pause): the task finished
+        while we waited, as a push notification would have said. One that was already there,
+        expired, when the wait began (an earlier run of a reused id) is not: each write has
+        its own ETag and ``written-at``."""
+        key = self._key("t", task_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.05
+        before: tuple[str, str | None] | None = None
+        first = True
         while True:
-            record = self.get(task_id)
-            if record is not None and record.ready:
-                return record
+            found = self._read(key)
+            if found is not None:
+                data, metadata, etag = found
+                written = (etag, metadata.get("written-at"))
+                state = metadata.get("state", "")
+                if state in READY_STATES and (_live(metadata) or (not first and
+                                                                  written != before)):
+                    return StoredRecord(task_id, state, data)
+                if first:
+                    before = written
+            first = False
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:

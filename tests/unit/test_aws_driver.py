@@ -429,6 +429,29 @@ def test_wait_returns_within_its_timeout(s3_url: str) -> None:
         assert time.monotonic() - started < timeout + 0.5
 
 
+def test_wait_sees_a_result_that_expired_between_two_of_its_polls(s3_url: str) -> None:
+    # result_expires shorter than the wait's pause (1 s): the record is written just after a
+    # poll and has expired by the next one. The task finished while get() waited.
+    waiter, writer = backend_from_url(s3_url), backend_from_url(s3_url)
+    task_id = f"w-{uuid.uuid4()}"
+    began = time.monotonic()
+    stored: list[float] = []
+
+    def after_read(**_: Any) -> None:
+        # 1.6 s in, the pause between polls has grown to the whole second.
+        if not stored and time.monotonic() - began > 1.6:
+            writer.store(StoredRecord(task_id, "SUCCESS", b"done"), ttl=0.3)
+            stored.append(time.monotonic())
+
+    waiter._s3.meta.events.register("after-call.s3.GetObject", after_read)  # type: ignore[attr-defined]
+    assert waiter.wait(task_id, timeout=10) == StoredRecord(task_id, "SUCCESS", b"done")
+    assert stored and waiter.get(task_id) is None  # seen expired: reads still hide it
+    # One already expired when the wait began (an earlier run of a reused id) is no outcome.
+    assert waiter.wait(task_id, timeout=1.2) is None
+    waiter.close()
+    writer.close()
+
+
 def test_enqueue_many_and_ack_many_carry_more_than_one_batch_of_ten(
         broker: SQSBroker, queue: str) -> None:
     ids = broker.enqueue_many(queue, [b"b%d" % i for i in range(25)])
