@@ -145,8 +145,10 @@ class Dashboard:
         flow = await self.call(self.reader.flow)
         queue = request.query_params.get("queue") or None
         history = await self.call(self.reader.history, queue)
+        # The queues known now (the latest sample may be two seconds old).
+        names = await self.call(self.reader.queue_names)
         return self.render(request, "flow.html", page="flow", flow=flow, history=history,
-                           states=STATES, chart_queue=queue)
+                           states=STATES, chart_queue=queue, queue_names=names)
 
     def _filters(self, request: Request) -> dict[str, Any]:
         q = request.query_params

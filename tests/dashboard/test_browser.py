@@ -207,3 +207,32 @@ def test_a_restarted_dashboard_draws_the_past_hour(site: Site, page: Any) -> Non
         assert page.locator("#args").inner_text().startswith("args = (<secret>, 22)")
         assert "from the record" in page.locator("h2:has(+ #args)").inner_text()
         assert page.locator("#task-wait").inner_text().endswith("(due → last start)")
+
+
+def test_the_charts_show_one_queue_when_chosen(site: Site, page: Any) -> None:
+    import e2e_tasks
+
+    other = site.queue + "-other"
+    done = e2e_tasks.add.apply_async((1, 2)).id
+    idle = e2e_tasks.add.apply_async((3, 4), queue=other).id  # nobody consumes it
+    running(site)
+    wait_until(lambda: (site.app.record(done) or object()).__dict__.get("state")
+               == "SUCCESS", timeout=60, what="the task to succeed")
+    assert site.app.record(idle).state == "PENDING"  # type: ignore[union-attr]
+    page.goto(site.url("/"))
+    page.wait_for_function("() => [...document.querySelectorAll('#chart-done rect')]"
+                           ".some(r => Number(r.getAttribute('height')) > 0)")
+    # Choosing a queue reloads the page with its charts (no button press needed).
+    with page.expect_navigation():
+        page.select_option("#chart-queue", other)
+    assert f"queue={other}" in page.url
+    assert page.locator("#chart-queue").input_value() == other
+    # Nothing of that queue has run: no bars; its depth line is the only one.
+    page.wait_for_function("() => document.querySelector('#legend-depth').textContent !== ''")
+    assert page.locator("#legend-depth").inner_text().strip() == other
+    assert not [h for h in page.eval_on_selector_all(
+        "#chart-done rect", "els => els.map(e => Number(e.getAttribute('height')))") if h > 0]
+    with page.expect_navigation():
+        page.select_option("#chart-queue", site.queue)
+    page.wait_for_function("() => [...document.querySelectorAll('#chart-done rect')]"
+                           ".some(r => Number(r.getAttribute('height')) > 0)")
