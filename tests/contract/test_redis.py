@@ -30,6 +30,19 @@ class TestRedisBroker(BrokerContract):
         assert broker.stats(queue).ready == count
         assert broker.purge(queue) == count
 
+    def test_dead_letters_lists_the_oldest_hundred_by_default(
+            self, broker: Broker, queue: str) -> None:
+        # Broker.dead_letters' default limit is 100 (Redis alone here: dead-lettering a
+        # hundred messages one by one takes long on moto).
+        broker.enqueue_many(queue, [b"dead-%03d" % i for i in range(101)])
+        held = broker.reserve([queue], lease=60.0, wait=2.0, limit=101)
+        assert len(held) == 101
+        for reservation in sorted(held, key=lambda r: r.body):
+            broker.dead_letter(reservation, reason="contract")
+        listed = broker.dead_letters(queue)
+        assert sorted(d.body for d in listed) == [b"dead-%03d" % i for i in range(100)]
+        assert broker.delete_dead(queue) == 101
+
 
 class TestRedisResultBackend(ResultBackendContract):
     @pytest.fixture
