@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from conveyor.testing.e2e import wait_until
 from tests.servers import free_port
 from tests.servers.mongo import MongoServer, mongo_server
 
@@ -82,13 +83,15 @@ def test_mongodb_unreachable_at_start_check_says_so_and_the_worker_waits(
     server = MongoServer(port=port)
     try:
         proc = workers.start("-c", "1")
-        time.sleep(2.0)
+        # Waits for the worker to say so (a loaded machine may take seconds to start it).
+        wait_until(lambda: "unavailable" in workers.logs() or proc.poll() is not None,
+                   timeout=60, what="the worker reporting the server unavailable")
         assert proc.poll() is None, "the worker must keep retrying, not crash"
         server.start()
         import e2e_tasks
 
         assert e2e_tasks.add.delay(2, 2).get(timeout=60) == 4
-        assert "unavailable" in workers.logs()
+        assert proc.poll() is None
     finally:
         workers.stop_all()
         server.close()
