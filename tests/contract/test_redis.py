@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 from conveyor.broker import Broker
+from conveyor.exceptions import AuthenticationError
 from conveyor.registry import backend_from_url
 from conveyor.testing import BrokerContract, ResultBackendContract
 
@@ -53,16 +54,23 @@ class TestRedisResultBackend(ResultBackendContract):
 
 
     def test_url_options_beside_query_index_reach_redis(self, redis_url: str) -> None:
-        # query_index is conveyor's and is taken out of the URL; every other option (here
-        # client_name, which sorts after it) must still reach redis-py.
+        # query_index is conveyor's and is taken out of the URL; every other option must still
+        # reach redis-py, those sorting before it (client_name) and after it (username: a
+        # user the server does not know is refused).
         import redis
 
         name = f"conveyor-contract-{uuid.uuid4().hex[:12]}"
-        url = redis_url + ("&" if "?" in redis_url else "?") + f"query_index=1&client_name={name}"
-        backend = backend_from_url(url)
+        sep = "&" if "?" in redis_url else "?"
+        backend = backend_from_url(f"{redis_url}{sep}client_name={name}&query_index=1")
         try:
             backend.get("contract-absent")
             with redis.Redis.from_url(redis_url) as observer:
                 assert name in {c.get("name") for c in observer.client_list()}
         finally:
             backend.close()
+        stranger = backend_from_url(f"{redis_url}{sep}query_index=1&username={name}")
+        try:
+            with pytest.raises(AuthenticationError):
+                stranger.get("contract-absent")
+        finally:
+            stranger.close()
