@@ -7,10 +7,13 @@ fixtures come from ``tests/servers`` through ``tests/conftest.py``.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
 
+from conveyor.backend import ResultBackend
+from conveyor.exceptions import DriverError
 from conveyor.testing import BrokerContract, ResultBackendContract
 
 
@@ -25,7 +28,25 @@ class TestSQLiteBroker(BrokerContract):
         return sqlite_url
 
 
-class TestSQLiteResultBackend(ResultBackendContract):
+class _SQLKeyLimits:
+    """The SQL backend's own limits on coordination keys (its columns' widths), refused alike
+    on every dialect: SQLite would keep any length, MySQL in a lax mode would truncate."""
+
+    def test_keys_over_the_column_widths_are_refused(self, backend: ResultBackend) -> None:
+        stem = f"contract-{uuid.uuid4().hex}-"
+        key = stem + "k" * (512 - len(stem))
+        backend.put_entry(key, b"kept", ttl=60.0)
+        with pytest.raises(DriverError, match="at most 512"):
+            backend.put_entry(key + "k", b"refused", ttl=60.0)
+        with pytest.raises(DriverError, match="at most 256"):
+            backend.join(stem + "j" * (257 - len(stem)), "m", ttl=60.0)
+        with pytest.raises(DriverError, match="at most 255"):
+            backend.join(stem + "j", "m" * 256, ttl=60.0)
+        assert backend.join(stem + "j" * (256 - len(stem)), "m" * 255, ttl=60.0) == 1
+        backend.delete_entry(key)
+
+
+class TestSQLiteResultBackend(_SQLKeyLimits, ResultBackendContract):
     @pytest.fixture
     def backend_url(self, sqlite_url: str) -> str:
         return sqlite_url
@@ -37,7 +58,7 @@ class TestPostgresBroker(BrokerContract):
         return postgres_url
 
 
-class TestPostgresResultBackend(ResultBackendContract):
+class TestPostgresResultBackend(_SQLKeyLimits, ResultBackendContract):
     @pytest.fixture
     def backend_url(self, postgres_url: str) -> str:
         return postgres_url
@@ -49,7 +70,7 @@ class TestMySQLBroker(BrokerContract):
         return mysql_url
 
 
-class TestMySQLResultBackend(ResultBackendContract):
+class TestMySQLResultBackend(_SQLKeyLimits, ResultBackendContract):
     @pytest.fixture
     def backend_url(self, mysql_url: str) -> str:
         return mysql_url
