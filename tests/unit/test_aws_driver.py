@@ -174,6 +174,31 @@ def test_fifo_keeps_order_per_message_group_and_a_held_group_holds_back_no_other
     broker.ack_many(rest)
 
 
+def test_fifo_send_repeated_by_botocore_arrives_once_and_a_second_send_arrives_again(
+        broker: SQSBroker) -> None:
+    # The deduplication id belongs to the send: botocore's retry of a request (its reply
+    # lost) repeats it, so SQS drops the copy; sending the same body again is a new message.
+    queue = f"d{uuid.uuid4().hex[:8]}.fifo"
+    sends: list[int] = []
+
+    def count(**_: Any) -> None:
+        sends.append(1)
+
+    def retry_once(**_: Any) -> float | None:
+        return 0.0 if len(sends) == 1 else None  # as if the first reply had been lost
+
+    broker._sqs.meta.events.register("before-send.sqs.SendMessage", count)
+    broker._sqs.meta.events.register("needs-retry.sqs.SendMessage", retry_once)
+    broker.enqueue(queue, b"same")
+    assert len(sends) == 2  # botocore sent that request twice
+    broker.enqueue(queue, b"same")
+    got = []
+    while batch := reserve_within(broker, [queue], lease=30, timeout=2, tick=1, limit=10):
+        got += [r.body for r in batch]
+        broker.ack_many(batch)
+    assert got == [b"same", b"same"]
+
+
 def test_message_group_of_apply_async_and_of_the_task_reach_sqs(sqs_url: str) -> None:
     from conveyor import Conveyor
 
