@@ -20,7 +20,8 @@ The report lists every surviving mutant (operator, line, diff) to be killed by a
 argued equivalent. ``--recheck OLD.json`` runs the survivors of an earlier report again, each
 diff applied to the files of ``--commit`` (``patch`` finds a hunk that moved), against the
 target's tests or ``--tests`` (for instance the PostgreSQL and MySQL classes too): it tells
-which survivors the tests added since kill, without drawing a new sample.
+which survivors the tests added since kill, without drawing a new sample. The unmutated copy
+runs first and must pass; each kill names the first test that failed.
 
     python tools/mutation.py sqlite-broker --recheck bench/mutation-run3.json \
         --tests "tests/contract/test_sql.py -k 'SQLiteBroker or PostgresBroker'"
@@ -221,25 +222,38 @@ def recheck(target: str, survivors: list[dict[str, object]], *, tests: list[str]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(pkg), str(work), os.environ.get("PYTHONPATH", "")])}
         pristine = (work / module).read_bytes()
+
+        def run_tests() -> tuple[str, str]:
+            """("killed" or "survived", the first failing test's line of pytest's summary)."""
+            try:
+                done = subprocess.run(
+                    [sys.executable, "-m", "pytest", "-x", "-q", "-rf", "-p",
+                     "no:cacheprovider", "-p", "no:randomly", *args], cwd=work, env=env,
+                    capture_output=True, text=True, timeout=per_mutant, check=False)
+            except subprocess.TimeoutExpired:
+                return "killed", "timeout"  # as cosmic-ray counts a timeout
+            failed = [line for line in done.stdout.splitlines()
+                      if line.startswith(("FAILED", "ERROR"))]
+            return ("survived" if done.returncode == 0 else "killed",
+                    failed[0] if failed else done.stdout.strip()[-300:])
+
+        baseline, why = run_tests()
+        if baseline != "survived":  # once more: a timing test can fail on a loaded machine
+            baseline, why = run_tests()
+        if baseline != "survived":  # the unmutated copy must pass, or every "kill" is noise
+            raise SystemExit(f"{target}: the tests fail without a mutant: {why}")
         for mutant in survivors:
             (work / module).write_bytes(pristine)
             patch = subprocess.run(["patch", "-p1", "--batch", "--no-backup-if-mismatch",
                                     "-r", "-"], cwd=work, capture_output=True,
                                    input=str(mutant["diff"]).encode(), check=False)
-            outcome = "stale"
+            outcome, why = "stale", "the diff no longer applies"
             started = time.monotonic()
             if patch.returncode == 0:
-                try:
-                    done = subprocess.run(
-                        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                         "-p", "no:randomly", *args], cwd=work, env=env, capture_output=True,
-                        timeout=per_mutant, check=False)
-                    outcome = "survived" if done.returncode == 0 else "killed"
-                except subprocess.TimeoutExpired:
-                    outcome = "killed"  # as cosmic-ray counts a timeout
-            rows.append({**mutant, "outcome": outcome,
+                outcome, why = run_tests()
+            rows.append({**mutant, "outcome": outcome, "by": why if outcome == "killed" else "",
                          "seconds": round(time.monotonic() - started)})
-            print(f"{target} line {mutant['line']} {mutant['operator']}: {outcome}",
+            print(f"{target} line {mutant['line']} {mutant['operator']}: {outcome} {why}",
                   flush=True)
         (work / module).write_bytes(pristine)
     return {"target": target, "file": module, "commit": commit, "tests": " ".join(args),
