@@ -23,6 +23,7 @@ server: there it is the local clock, which every process on the file shares anyw
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import re
@@ -419,12 +420,18 @@ class Listener:
     """A background LISTEN on one PostgreSQL channel, over its own autocommit connection.
 
     Waiters read :attr:`generation` before checking for work and then :meth:`wait` for it to
-    change, so a notification arriving between the check and the wait is never missed.
+    change, so a notification arriving between the check and the wait is never missed. The
+    latest payloads are kept (:meth:`payloads_since`), so a waiter may learn what changed
+    without asking the database again.
     """
+
+    #: Payloads kept for :meth:`payloads_since`.
+    KEEP = 64
 
     def __init__(self, engine: Any, channel: str) -> None:
         self.channel = channel
         self.generation = 0
+        self._recent: collections.deque[tuple[int, str]] = collections.deque(maxlen=self.KEEP)
         self._running = True
         self._pid = os.getpid()
         self._cond = threading.Condition()
@@ -441,8 +448,8 @@ class Listener:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                for _ in self._conn.notifies(timeout=0.5):
-                    self._bump()
+                for notify in self._conn.notifies(timeout=0.5):
+                    self._bump(notify.payload)
         except Exception:  # the connection broke: waiters fall back to polling
             pass
         finally:
@@ -456,10 +463,19 @@ class Listener:
         """False once the connection broke, or in a forked child (the thread stayed behind)."""
         return self._running and self._pid == os.getpid()
 
-    def _bump(self) -> None:
+    def _bump(self, payload: str | None = None) -> None:
         with self._cond:
             self.generation += 1
+            if payload is not None:
+                self._recent.append((self.generation, payload))
             self._cond.notify_all()
+
+    def payloads_since(self, seen: int) -> list[str] | None:
+        """The payloads of the notifications after generation ``seen``, oldest first; None
+        when some of them are no longer kept (or the connection broke meanwhile)."""
+        with self._cond:
+            found = [payload for generation, payload in self._recent if generation > seen]
+            return found if len(found) == self.generation - seen else None
 
     def wait(self, seen: int, timeout: float) -> None:
         """Block until a notification newer than generation ``seen`` or ``timeout`` seconds."""

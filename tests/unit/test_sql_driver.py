@@ -310,6 +310,87 @@ def test_claim_uses_the_index_with_100000_queued_rows(postgres_url: str) -> None
         broker.close()
 
 
+def test_an_idle_waiting_reserve_on_postgres_polls_in_one_statement(postgres_url: str) -> None:
+    # The empty claim itself says when the next message is due (claim_or_due): no second
+    # read per empty poll. A delayed message due during the wait is still taken then.
+    broker = SQLBroker(URL(postgres_url), table_prefix=_prefix())
+    try:
+        broker.enqueue("idle", b"later", delay=0.3)
+
+        def no_separate_read(queues: Any) -> float:
+            raise AssertionError("an empty PostgreSQL claim read the next due time again")
+
+        broker._seconds_until_due = no_separate_read  # type: ignore[method-assign]
+        got = broker.reserve(["empty", "idle"], lease=30, wait=5)
+        assert [r.body for r in got] == [b"later"]
+        taken, due = broker._claim(["empty", "idle"], 30, 1, due=True)
+        assert taken == [] and due is not None and 25 < due <= 30  # its lease
+        assert broker._claim(["empty"], 30, 1, due=True) == ([], float("inf"))
+        broker.enqueue("idle", b"now")
+        taken, due = broker._claim(["empty", "idle"], 30, 5, due=True)
+        assert [r.body for r in taken] == [b"now"] and due is None
+    finally:
+        with broker._db.engine.begin() as conn:
+            broker._db.tables.metadata.drop_all(conn)
+        broker.close()
+
+
+@pytest.mark.parametrize("size", [0, 4096, 4097, 20000])
+def test_postgres_wait_returns_the_record_its_notification_carries(postgres_url: str,
+                                                                   size: int) -> None:
+    # A lone terminal write of up to 4 KiB of data sends the record in its NOTIFY: the waiter
+    # returns it without reading the table again. Larger ones are read, as before.
+    backend = SQLResultBackend(URL(postgres_url), table_prefix=_prefix())
+    try:
+        backend.ping()
+        task_id = "an id with  spaces, é and = signs "
+        data = bytes(range(256)) * (size // 256) + b"\n" * (size % 256)
+        reads: list[str] = []
+        real_get = backend.get
+
+        def counted_get(tid: str) -> Any:
+            reads.append(tid)
+            return real_get(tid)
+
+        backend.get = counted_get  # type: ignore[method-assign,assignment]
+        threading.Timer(0.3, lambda: backend.store(
+            StoredRecord(task_id, "SUCCESS", data), ttl=60)).start()
+        record = backend.wait(task_id, timeout=10)
+        assert record is not None
+        assert (record.task_id, record.state, record.data) == (task_id, "SUCCESS", data)
+        assert len(reads) == (1 if size <= 4096 else 2)
+    finally:
+        with backend._db.engine.begin() as conn:
+            backend._db.tables.metadata.drop_all(conn)
+        backend.close()
+
+
+def test_postgres_wait_is_not_answered_by_another_tasks_notification(postgres_url: str) -> None:
+    backend = SQLResultBackend(URL(postgres_url), table_prefix=_prefix())
+    try:
+        backend.ping()
+
+        def finish() -> None:
+            backend.store(StoredRecord("other", "SUCCESS", b"theirs"), ttl=60)
+            backend.store(StoredRecord("mine", "STARTED", b"running"), ttl=60)
+            time.sleep(0.2)
+            backend.store(StoredRecord("mine", "FAILURE", b"mine"), ttl=60)
+
+        threading.Timer(0.2, finish).start()
+        record = backend.wait("mine", timeout=10)
+        assert record is not None and (record.state, record.data) == ("FAILURE", b"mine")
+        # Batches notify '*': each waiter reads its own record.
+        threading.Timer(0.2, lambda: backend.store_many(
+            [StoredRecord("a", "SUCCESS", b"1"), StoredRecord("b", "SUCCESS", b"2")],
+            ttl=60)).start()
+        record = backend.wait("b", timeout=10)
+        assert record is not None and record.data == b"2"
+    finally:
+        with backend._db.engine.begin() as conn:
+            backend._db.tables.metadata.drop_all(conn)
+        backend.close()
+
+
 # -- error translation -----------------------------------------------------------------------
 
 def test_unreachable_postgres_is_a_connection_lost_error() -> None:
