@@ -479,8 +479,20 @@ def test_wait_sees_a_result_that_expired_between_two_of_its_polls(s3_url: str) -
 
 def test_enqueue_many_and_ack_many_carry_more_than_one_batch_of_ten(
         broker: SQSBroker, queue: str) -> None:
+    broker.enqueue(queue, b"make the queue")  # its create and lookup counted out below
+    [first] = reserve_within(broker, [queue], lease=30, timeout=5, tick=1)
+    broker.ack(first)
+    calls: list[str] = []
+    broker._sqs.meta.events.register(
+        "before-call.sqs", lambda model, **_: calls.append(model.name))
     ids = broker.enqueue_many(queue, [b"b%d" % i for i in range(25)])
+    assert calls == ["SendMessageBatch"] * 3
+    calls.clear()
     held = reserve_count(broker, [queue], 25, lease=30, timeout=10, tick=1)
     assert sorted(r.message_id for r in held) == sorted(ids)
+    # Up to 10 a receive (moto, like SQS, may return fewer).
+    assert set(calls) == {"ReceiveMessage"} and len(calls) < 25
+    calls.clear()
     broker.ack_many(held)
+    assert calls == ["DeleteMessageBatch"] * 3
     assert broker.reserve([queue], lease=30) == []
