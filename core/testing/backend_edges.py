@@ -97,6 +97,15 @@ class BackendTTLContract(BackendFixtures):
         assert backend.get(lasting) == _record(lasting, "SUCCESS")
         assert backend.get(forever) == _record(forever, "SUCCESS")
 
+    def test_wait_does_not_return_a_record_that_expired_before_it_began(
+            self, backend: ResultBackend, task_id: str) -> None:
+        # An earlier run of a reused id, long expired: only a new write may end the wait.
+        backend.store(_record(task_id, "SUCCESS"), ttl=SHORT_TTL)
+        time.sleep(SHORT_TTL + EXPIRY_SLACK)
+        assert backend.get(task_id) is None
+        assert backend.wait(task_id, timeout=0.5) is None, (
+            "wait returned a record that had expired before the wait began")
+
     def test_rewriting_a_record_sets_its_expiry_afresh(
             self, backend: ResultBackend, new_task_id: Callable[[], str]) -> None:
         longer, forever, shorter = new_task_id(), new_task_id(), new_task_id()
