@@ -105,7 +105,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def _clean(store: str, url: str) -> None:
+def clean_stores(store: str, url: str) -> None:
+    """Empty the bench's Redis databases 0-3, or truncate the conveyor_* PostgreSQL tables."""
     if store == "redis":
         import redis
 
@@ -150,7 +151,7 @@ def main() -> None:
                     base = urls["redis"].rsplit("/", 1)[0]
                     env = {**plain, "AB_KIND": "celery", "PYTHONPATH": str(HERE.parent),
                            "AB_CELERY_BROKER": base + "/2", "AB_CELERY_BACKEND": base + "/3"}
-                    _clean("redis", urls["redis"])
+                    clean_stores("redis", urls["redis"])
                     worker = _start([sys.executable, "-m", "celery", "-A", "pickup_ab",
                                      "worker", "--pool", "threads", "-c", "2",
                                      "--without-gossip", "--without-mingle",
@@ -168,7 +169,7 @@ def main() -> None:
                            "PYTHONPATH": os.pathsep.join([opts.base, str(HERE.parent)])}
                     wenv = {**env, "PYTHONPATH": os.pathsep.join(
                         [trees[variant], str(HERE.parent)])}
-                    _clean(store, url)
+                    clean_stores(store, url)
                     ids = str(work / "ids.json")
                     _run(env, "_client", "send", str(opts.n), ids)
                     worker = _start([sys.executable, "-m", "conveyor", "worker", "-A",
@@ -180,7 +181,7 @@ def main() -> None:
                                           "-")["p50_ms"])
                     finally:
                         _stop(worker)
-                _clean("redis" if store == "celery" else store, urls["redis" if store ==
+                clean_stores("redis" if store == "celery" else store, urls["redis" if store ==
                                                                       "celery" else store])
                 results.setdefault(f"{store}/{variant}", []).append(out)
                 print(rnd, store, variant, out, flush=True)

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from pickup_ab import clean_stores  # bench/ is on sys.path when run as a script
+
 HERE = Path(__file__).resolve()
 ROOT = HERE.parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
@@ -84,24 +86,6 @@ def _server_pids(port: int) -> set[int]:
                                   check=False).stdout.split()
         pids |= {int(c) for c in children}
     return pids
-
-
-def _clean(kind: str, url: str) -> None:
-    if kind == "redis":
-        import redis
-
-        for db in range(4):
-            redis.Redis.from_url(url.rsplit("/", 1)[0] + f"/{db}").flushdb()
-        return
-    import psycopg
-
-    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"),
-                         autocommit=True) as conn:
-        tables = [r[0] for r in conn.execute(
-            "SELECT tablename FROM pg_tables WHERE tablename LIKE 'conveyor\\_%' "
-            "AND tablename <> 'conveyor_schema'")]
-        if tables:
-            conn.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables))
 
 
 def _drain(kind: str, url: str, *, tree: str, send_tree: str, n: int,
@@ -165,7 +149,7 @@ def main() -> None:
             for tree in order:
                 out = _drain(opts.kind, server.url, tree=tree, send_tree=opts.trees[0], n=opts.n,
                              work=work)
-                _clean(opts.kind, server.url)
+                clean_stores(opts.kind, server.url)
                 results[tree].append(out)
                 print(rnd, tree, f"worker {out[0]:.0f} us, server {out[1]:.0f} us, "
                       f"{out[2]:.0f}/s", {k: round(v, 3) for k, v in out[3].items()},
