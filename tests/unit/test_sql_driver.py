@@ -310,9 +310,11 @@ def test_claim_uses_the_index_with_100000_queued_rows(postgres_url: str) -> None
         broker.close()
 
 
-def test_an_idle_waiting_reserve_on_postgres_polls_in_one_statement(postgres_url: str) -> None:
-    # The empty claim itself says when the next message is due (claim_or_due): no second
-    # read per empty poll. A delayed message due during the wait is still taken then.
+def test_an_idle_waiting_reserve_on_postgres_reads_when_next_is_due_on_its_connection(
+        postgres_url: str) -> None:
+    # An empty claim reads when the next message is due on its own connection (a prepared
+    # statement), not in a separate SQLAlchemy transaction. A delayed message due during
+    # the wait is still taken then.
     broker = SQLBroker(URL(postgres_url), table_prefix=_prefix())
     try:
         broker.enqueue("idle", b"later", delay=0.3)
