@@ -4,7 +4,6 @@ package's own static files, with its options and environment applied (a real pro
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import HERE, REPO
-from tests.servers import free_port, wait_for_port
+from tests.servers import free_port, terminate, wait_for_port
 
 TOKEN = "t0ken-for-the-command-test"
 
@@ -39,12 +38,7 @@ def served(tmp_path: Path) -> Iterator[str]:
                                + (tmp_path / "dashboard.log").read_text(errors="replace"))
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        terminate(proc, grace=15)
     assert "conveyor dashboard on http://127.0.0.1:" in (tmp_path / "dashboard.log").read_text()
 
 

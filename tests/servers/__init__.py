@@ -8,7 +8,9 @@ skipped on a laptop but **fails under CI** (``CI=true``): CI must never skip a d
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 from typing import NoReturn
 
 import pytest
@@ -45,3 +47,13 @@ def wait_for_port(port: int, *, timeout: float = 20.0) -> bool:
         except OSError:
             time.sleep(0.05)
     return False
+
+
+def terminate(proc: subprocess.Popen[bytes], *, grace: float = 5.0) -> None:
+    """SIGTERM ``proc``; SIGKILL it if it is still running after ``grace`` seconds."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import free_port, unavailable, wait_for_port
+from tests.servers import free_port, terminate, unavailable, wait_for_port
 
 ENV = "CONVEYOR_TEST_MONGO_URL"
 
@@ -107,12 +107,7 @@ class MongoServer:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        terminate(proc)
 
     def close(self) -> None:
         """Stop the server and delete its files."""

@@ -11,7 +11,6 @@ import contextlib
 import importlib.util
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import free_port, unavailable, wait_for_port
+from tests.servers import free_port, terminate, unavailable, wait_for_port
 
 ENV = "CONVEYOR_TEST_REDIS_URL"
 ENV_2 = "CONVEYOR_TEST_REDIS_URL_2"
@@ -76,12 +75,7 @@ class RedisServer:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        terminate(proc)
 
     def restart(self) -> None:
         """Stop and start again on the same port (all data is lost: no persistence)."""

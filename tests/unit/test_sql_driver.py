@@ -36,6 +36,13 @@ def _prefix() -> str:
     return f"t{uuid.uuid4().hex[:12]}_"
 
 
+def _discard(store: SQLBroker | SQLResultBackend) -> None:
+    """Drop the tables a test's own prefix made, then close the store."""
+    with store._db.engine.begin() as conn:
+        store._db.tables.metadata.drop_all(conn)
+    store.close()
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'conveyor.db'}"
@@ -163,9 +170,7 @@ def test_expired_results_are_deleted_by_purge_and_kept_otherwise(any_url: str) -
         assert backend.purge_expired() == 1
         assert set(backend.get_many(["old", "new", "forever"])) == {"new", "forever"}
     finally:
-        with backend._db.engine.begin() as conn:
-            backend._db.tables.metadata.drop_all(conn)
-        backend.close()
+        _discard(backend)
 
 
 _CLAIMER = """
@@ -237,9 +242,7 @@ def test_waiting_reserve_on_postgres_wakes_on_notify(postgres_url: str) -> None:
         assert [r.body for r in got] == [b"hello"]
         assert woke - sent[0] < 0.2
     finally:
-        with broker._db.engine.begin() as conn:
-            broker._db.tables.metadata.drop_all(conn)
-        broker.close()
+        _discard(broker)
 
 
 def test_claim_uses_the_index_with_100000_queued_rows(postgres_url: str) -> None:
@@ -305,9 +308,7 @@ def test_claim_uses_the_index_with_100000_queued_rows(postgres_url: str) -> None
             assert f"{broker._db.prefix}messages_ranked" in plan, plan
             assert "Seq Scan" not in plan, plan
     finally:
-        with broker._db.engine.begin() as conn:
-            broker._db.tables.metadata.drop_all(conn)
-        broker.close()
+        _discard(broker)
 
 
 def test_an_idle_waiting_reserve_on_postgres_reads_when_next_is_due_on_its_connection(
@@ -332,9 +333,7 @@ def test_an_idle_waiting_reserve_on_postgres_reads_when_next_is_due_on_its_conne
         taken, due = broker._claim(["empty", "idle"], 30, 5, due=True)
         assert [r.body for r in taken] == [b"now"] and due is None
     finally:
-        with broker._db.engine.begin() as conn:
-            broker._db.tables.metadata.drop_all(conn)
-        broker.close()
+        _discard(broker)
 
 
 @pytest.mark.parametrize("size", [0, 4096, 4097, 20000])
@@ -362,9 +361,7 @@ def test_postgres_wait_returns_the_record_its_notification_carries(postgres_url:
         assert (record.task_id, record.state, record.data) == (task_id, "SUCCESS", data)
         assert len(reads) == (1 if size <= 4096 else 2)
     finally:
-        with backend._db.engine.begin() as conn:
-            backend._db.tables.metadata.drop_all(conn)
-        backend.close()
+        _discard(backend)
 
 
 def test_postgres_wait_is_not_answered_by_another_tasks_notification(postgres_url: str) -> None:
@@ -388,9 +385,7 @@ def test_postgres_wait_is_not_answered_by_another_tasks_notification(postgres_ur
         record = backend.wait("b", timeout=10)
         assert record is not None and record.data == b"2"
     finally:
-        with backend._db.engine.begin() as conn:
-            backend._db.tables.metadata.drop_all(conn)
-        backend.close()
+        _discard(backend)
 
 
 # -- error translation -----------------------------------------------------------------------
