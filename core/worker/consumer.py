@@ -128,10 +128,12 @@ class Consumer:
 
     def _hard_limit(self, job: Job, limit: float) -> None:
         """A task passed its hard time limit: record it, forget it, recycle the process."""
-        self.runner.time_limit_exceeded(job, limit)
-        self._release(job.res, completing=False)
+        # Logged before the failure is recorded: whoever reads that record may already look
+        # for this line, and the other threads keep serving until the stop.
         log.warning("recycling this worker process: a thread is stuck in %s[%s]",
                     job.msg.task, job.msg.id)
+        self.runner.time_limit_exceeded(job, limit)
+        self._release(job.res, completing=False)
         self.exit_code = RECYCLE
         self.stop()
 
