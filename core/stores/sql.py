@@ -337,6 +337,17 @@ def _on_mysql_connect(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _on_postgres_connect(dbapi_conn: Any, _record: Any) -> None:
+    # Every statement conveyor sends on PostgreSQL is meant to be driven by an index, and the
+    # hot ones are prepared. A prepared statement's generic plan is made once, while a queue's
+    # tables may still be nearly empty, where a Seq Scan is the cheapest plan; it stays cached
+    # when the tables grow to thousands of rows (no ANALYZE has run yet), and every claim, ack
+    # and record read then scans the whole table: a drain of 10,000 tasks ran 2.7x slower and
+    # round trips took 10-20 ms. Without Seq Scans the plan is the index's at any size.
+    dbapi_conn.execute("SET enable_seqscan = off")
+    dbapi_conn.commit()
+
+
 def _read_max_packet(url: URL, dbapi_conn: Any) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("SELECT @@max_allowed_packet")
@@ -383,6 +394,8 @@ def _create_engine(url: URL, pool_size: int) -> Any:
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _on_sqlite_connect)
         sa.event.listen(engine, "begin", _on_sqlite_begin)
+    elif engine.dialect.name == "postgresql":
+        sa.event.listen(engine, "connect", _on_postgres_connect)
     elif engine.dialect.name in ("mysql", "mariadb"):
         sa.event.listen(engine, "connect", _on_mysql_connect)
         sa.event.listen(engine, "connect", lambda dbapi_conn, _record: _read_max_packet(

@@ -293,21 +293,56 @@ def test_claim_uses_the_index_with_100000_queued_rows(postgres_url: str) -> None
             custom = "\n".join(row[0] for row in conn.execute("EXPLAIN " + statement, params))
             # The statement is prepared, so after a few runs PostgreSQL may use its generic
             # plan (parameters unknown, LIMIT included): that one must be indexed too.
-            numbered = iter(range(1, 5))
-            conn.execute("PREPARE conveyor_claim (float8, text, text, int) AS "
-                         + re.sub("%s", lambda _: f"${next(numbered)}", statement))
-            conn.execute("SET plan_cache_mode = force_generic_plan")
-            try:
-                values = psycopg.sql.SQL(", ").join(map(psycopg.sql.Literal, params))
-                generic = "\n".join(row[0] for row in conn.execute(psycopg.sql.SQL(
-                    "EXPLAIN EXECUTE conveyor_claim ({})").format(values)))
-            finally:
-                conn.execute("RESET plan_cache_mode")
-                conn.execute("DEALLOCATE conveyor_claim")
+            generic = _generic_plan(conn, statement, "float8, text, text, int", params)
         for plan in (custom, generic):
             assert f"{broker._db.prefix}messages_ranked" in plan, plan
             assert "Seq Scan" not in plan, plan
     finally:
+        _discard(broker)
+
+
+def _generic_plan(conn: Any, statement: str, types: str, values: tuple[Any, ...]) -> str:
+    """The plan PostgreSQL caches for ``statement`` once prepared (parameters unknown)."""
+    import psycopg.sql
+
+    numbered = iter(range(1, 20))
+    conn.execute(f"PREPARE conveyor_plan ({types}) AS "
+                 + re.sub("%s", lambda _: f"${next(numbered)}", statement))
+    conn.execute("SET plan_cache_mode = force_generic_plan")
+    try:
+        literals = psycopg.sql.SQL(", ").join(map(psycopg.sql.Literal, values))
+        return "\n".join(row[0] for row in conn.execute(psycopg.sql.SQL(
+            "EXPLAIN EXECUTE conveyor_plan ({})").format(literals)))
+    finally:
+        conn.execute("RESET plan_cache_mode")
+        conn.execute("DEALLOCATE conveyor_plan")
+
+
+def test_hot_statements_prepared_on_empty_tables_stay_indexed_on_postgres(
+        postgres_url: str) -> None:
+    # A worker that starts on an empty queue prepares its statements while the tables hold
+    # nothing: the generic plan made then is kept when the tables grow (no ANALYZE has run),
+    # and a Seq Scan in it scans the whole table on every claim, ack and read.
+    prefix = _prefix()
+    broker = SQLBroker(URL(postgres_url), table_prefix=prefix)
+    backend = SQLResultBackend(URL(postgres_url), table_prefix=prefix)
+    try:
+        broker.ping()
+        assert backend.get("nothing") is None  # the tables exist, empty and never analyzed
+        assert broker._pg is not None and backend._pg is not None
+        statements = [
+            (broker._pg.claim, "float8, text, text, int", (30.0, "t", "q", 10)),
+            (broker._pg.due, "text[]", (["q"],)),
+            (broker._pg.ack, "text[], text[]", (["a"], ["t"])),
+            (backend._pg.get, "text[]", (["a", "b"],)),
+        ]
+        with broker._db.raw() as conn:  # conveyor's own connection, with its settings
+            for statement, types, values in statements:
+                plan = _generic_plan(conn, statement, types, values)
+                assert f"Seq Scan on {prefix}" not in plan, f"{statement}\n{plan}"
+                assert "Index" in plan, plan
+    finally:
+        backend.close()
         _discard(broker)
 
 
