@@ -246,8 +246,6 @@ def test_waiting_reserve_on_postgres_wakes_on_notify(postgres_url: str) -> None:
 
 
 def test_claim_uses_the_index_with_100000_queued_rows(postgres_url: str) -> None:
-    import psycopg.sql
-
     broker = SQLBroker(URL(postgres_url), table_prefix=_prefix())
     t = broker._db.tables.messages
     try:
