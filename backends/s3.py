@@ -12,10 +12,29 @@ Each object's body is the record's bytes as the core encoded them; its metadata 
 ``written-at`` time (this client's clock) and the task's ``name``, ``queue`` and ``worker``
 (percent-encoded; left out when longer than 512 bytes encoded).
 
-**Query is unindexed here**: :meth:`S3ResultBackend.query` lists the record keys (under the id
-prefix when one is given, which S3's key order serves) and reads every record's metadata,
-so its cost grows with the number of records: fine for thousands, not for millions. Use a
-Redis, SQL or MongoDB backend for a dashboard over a large history.
+**Query.** By default :meth:`S3ResultBackend.query` is unindexed: it lists the record keys
+(under the id prefix when one is given, which S3's key order serves) and reads every record,
+so its cost grows with the number of records: fine for thousands, not for millions.
+
+With ``?query_index=1`` every write also puts empty index objects whose keys carry all a
+query needs, so a page is a ListObjectsV2 (with ``StartAfter``) and reads of only the records
+it returns::
+
+    <prefix>i/a/_/<inverted time>/<id>/<state>/<name>/<queue>/<worker>   every record
+    <prefix>i/n/<name>/<same tail>                                       per task name
+    <prefix>i/q/<queue>/<same tail>                                      per queue
+    <prefix>i/s/<state>/<same tail>                                      per state
+
+``<inverted time>`` is 10**16 less the write time in microseconds (16 digits), so S3's
+ascending key order is newest first; labels are ``=value`` (``%``-encoded, no ``/``), empty
+for None, ``*`` when longer than 100 bytes (the record is read to test it). A query walks the
+name's index, else the queue's, else the state's, else ``i/a/`` (a value over 200 bytes has
+no index of its own), tests the other filters on the keys, and reads the records that pass to
+return them. Entries are put before the record and the replaced write's entries deleted
+after it, so a crash or a race leaves extra entries, never a missing one; an entry that is
+not its record's latest live write (superseded, forgotten, expired, deleted by a lifecycle
+rule) is skipped and removed by the query or ``purge_expired`` once superseded or a minute
+old. An id prefix is still served by listing the record keys under it.
 
 **The first terminal write wins** by a conditional put (``IfNoneMatch="*"``) on the terminal
 key: S3 lets exactly one of racing writers create it. An expired terminal record is replaced
@@ -37,12 +56,13 @@ to days (docs/guarantees.md), so nothing depends on a worker running the purge.
 from __future__ import annotations
 
 import json
+import math
 import random
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 from urllib.parse import quote, unquote
 
 from botocore.exceptions import ClientError
@@ -69,21 +89,36 @@ from conveyor.stores.aws import (
 )
 from conveyor.url import URL
 
-_DEFAULTS: dict[str, Any] = {**client_defaults(), "threads": 16, "poll_interval": 1.0}
+_DEFAULTS: dict[str, Any] = {**client_defaults(), "threads": 16, "poll_interval": 1.0,
+                             "query_index": False}
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 _CONFLICT = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 _EXPIRES = "expires-at"
 #: Characters kept as they are in object keys: printable ASCII but '%' (see ``_key``).
 _KEY_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+#: The same, less '/': one segment of an index key (see ``_index_keys``).
+_SEGMENT_SAFE = _KEY_SAFE.replace("/", "")
+#: Index keys order newest first: 10**16 less the write time in microseconds, 16 digits.
+_INVERT = 10**16
+#: The filters with an index of their own, in the order a query picks its walk.
+_DIMENSIONS = (("n", "name"), ("q", "queue"), ("s", "state"))
+#: Longest encoded filter value with an index of its own (a longer one walks ``i/a/``), and
+#: longest label kept in an entry's tail (a longer one is ``*``: read the record to test it).
+_VALUE_LIMIT, _TAIL_LIMIT = 200, 100
+#: An index entry whose record does not match it is removed by ``query`` and
+#: ``purge_expired`` once superseded or this old (a younger one may be a write in flight).
+_GRACE = 60.0
+#: At most this many ListObjectsV2 calls (of 1,000 keys) per page of an indexed query.
+_WALK_LISTS = 10
 
 
 def _expiry(ttl: float | None) -> dict[str, str]:
     return {} if ttl is None else {_EXPIRES: repr(time.time() + float(ttl))}
 
 
-def _labels(record: StoredRecord) -> dict[str, str]:
+def _labels(record: StoredRecord, written_us: int) -> dict[str, str]:
     """The query fields as metadata (HTTP headers: ASCII, so percent-encoded)."""
-    found = {"written-at": repr(time.time())}
+    found = {"written-at": repr(written_us / 1e6)}
     for field, value in (("name", record.name), ("queue", record.queue),
                          ("worker", record.worker)):
         if value is not None and len(encoded := quote(value, safe="")) <= 512:
@@ -96,13 +131,46 @@ def _live(metadata: dict[str, str]) -> bool:
     return expires is None or float(expires) > time.time()
 
 
+def _segment(value: str) -> str:
+    return quote(value, safe=_SEGMENT_SAFE)
+
+
+class _Entry(NamedTuple):
+    """One index key, parsed: ``<prefix>i/<dim>/<value>/<inverted us>/<id>/<state>/<n>/<q>/<w>``
+    (each label ``=value``, empty for None, ``*`` when too long to keep)."""
+
+    key: str
+    written_us: int
+    task_id: str
+    state: str
+    labels: tuple[str, str, str]
+
+    @property
+    def at(self) -> float:
+        return self.written_us / 1e6
+
+    def may_match(self, query: RecordQuery) -> bool:
+        """False when the key alone shows the record fails a filter (no read needed)."""
+        if query.state is not None and self.state != query.state:
+            return False
+        for label, wanted in zip(self.labels, (query.name, query.queue, query.worker),
+                                 strict=True):
+            if wanted is not None and label != "*" and (
+                    not label or unquote(label[1:]) != wanted):
+                return False
+        return True
+
+
 class S3ResultBackend(ResultBackend):
     """A result backend on one S3 bucket and prefix. Thread-safe (one boto3 client and one
     thread pool, shared by ``get_many``, ``entries`` and ``purge_expired``).
 
     URL options: ``region``, ``endpoint_url``, credentials as for ``sqs://`` (else boto3's
     chain), ``threads`` (parallel reads, default 16), ``poll_interval`` (longest pause of
-    ``wait``, default 1 s), ``connect_timeout``, ``max_attempts``.
+    ``wait``, default 1 s), ``connect_timeout``, ``max_attempts``, ``query_index``
+    (default off): keep the index objects behind :meth:`query` (see the module doc) on every
+    write. Every process writing records must use the same setting, or the index misses its
+    writes.
     """
 
     capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(coordination=True,
@@ -123,6 +191,8 @@ class S3ResultBackend(ResultBackend):
         self._errors = AwsErrors("s3", f"bucket {bucket!r}")
         self._s3 = make_client("s3", opts, pool=threads + 8)
         self._threads = threads
+        self._indexed = bool(opts["query_index"])
+        self._list_keys = 1000  # keys per ListObjectsV2 of the index walk (S3's most)
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -160,6 +230,17 @@ class S3ResultBackend(ResultBackend):
                 raise
         return True
 
+    def _head(self, key: str) -> tuple[dict[str, str], str] | None:
+        """(metadata, etag) of ``key``, or None when it does not exist."""
+        with self._errors:
+            try:
+                head = self._s3.head_object(Bucket=self._bucket, Key=key)
+            except ClientError as exc:
+                if error_code(exc) in _MISSING:
+                    return None
+                raise
+        return dict(head.get("Metadata", {})), str(head["ETag"])
+
     def _remove(self, key: str, **condition: str) -> bool:
         with self._errors:
             try:
@@ -178,20 +259,176 @@ class S3ResultBackend(ResultBackend):
                 self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="conveyor-s3")
         return list(self._pool.map(fn, items))
 
-    def _keys(self, prefix: str) -> Iterator[str]:
+    def _keys(self, prefix: str, start_after: str = "") -> Iterator[str]:
         with self._errors:
             pages = self._s3.get_paginator("list_objects_v2").paginate(
-                Bucket=self._bucket, Prefix=prefix)
+                Bucket=self._bucket, Prefix=prefix, StartAfter=start_after)
             for page in pages:
                 for item in page.get("Contents", []):
                     yield str(item["Key"])
+
+    def _remove_all(self, keys: list[str]) -> None:
+        """Delete ``keys`` (missing ones too), 1,000 a request."""
+        for start in range(0, len(keys), 1000):
+            with self._errors:
+                self._s3.delete_objects(Bucket=self._bucket, Delete={"Quiet": True, "Objects": [
+                    {"Key": key} for key in keys[start:start + 1000]]})
+
+    # -- the query index ------------------------------------------------------------------
+    def _index_base(self, dimension: str, value: str) -> str:
+        return f"{self._prefix}i/{dimension}/{value}/"
+
+    def _index_keys(self, task_id: str, metadata: dict[str, str]) -> list[str]:
+        """The index keys of the write whose metadata is ``metadata``: one under ``i/a/_/``,
+        and one under each of name, queue and state whose value is short enough."""
+        if "written-at" not in metadata:
+            return []
+        us = round(float(metadata["written-at"]) * 1e6)
+        values = {"state": metadata.get("state", "")}
+        tail = [f"{_INVERT - us:016d}", _segment(task_id), _segment(values["state"])]
+        for field in ("name", "queue", "worker"):
+            if field not in metadata:
+                tail.append("")
+                continue
+            values[field] = unquote(metadata[field])
+            label = _segment(values[field])
+            tail.append("*" if len(label) > _TAIL_LIMIT else "=" + label)
+        rest = "/".join(tail)
+        keys = [self._index_base("a", "_") + rest]
+        for dimension, field in _DIMENSIONS:
+            value = values.get(field)
+            if value is not None and len(_segment(value)) <= _VALUE_LIMIT:
+                keys.append(self._index_base(dimension, _segment(value)) + rest)
+        return keys
+
+    def _entry(self, key: str) -> _Entry:
+        parts = key[len(self._prefix) + 2:].split("/")
+        return _Entry(key, _INVERT - int(parts[2]), unquote(parts[3]), unquote(parts[4]),
+                      (parts[5], parts[6], parts[7]))
+
+    def _walk(self, base: str, start_after: str, lists: list[int]) -> Iterator[_Entry]:
+        """The entries under ``base`` after ``start_after``, in query order: newest first,
+        then the greater id (S3 lists keys in ascending order: the time is inverted, and the
+        ids of one microsecond are sorted here). Counts its ListObjectsV2 calls in
+        ``lists[0]``."""
+        group: list[_Entry] = []
+        token = None
+        while True:
+            args: dict[str, Any] = {"Bucket": self._bucket, "Prefix": base,
+                                    "MaxKeys": self._list_keys}
+            if token:
+                args["ContinuationToken"] = token
+            else:
+                args["StartAfter"] = start_after
+            with self._errors:
+                page = self._s3.list_objects_v2(**args)
+            lists[0] += 1
+            for item in page.get("Contents", []):
+                entry = self._entry(str(item["Key"]))
+                if group and entry.written_us != group[0].written_us:
+                    yield from sorted(group, key=lambda e: e.task_id, reverse=True)
+                    group = []
+                group.append(entry)
+            if not page.get("IsTruncated"):
+                yield from sorted(group, key=lambda e: e.task_id, reverse=True)
+                return
+            token = page["NextContinuationToken"]
+
+    def _query_indexed(self, query: RecordQuery) -> RecordPage:
+        """Walks one index (the name's, else the queue's, else the state's, else ``i/a/``)
+        from the cursor or ``until``, testing the other filters on the keys themselves, and
+        reads only the records that pass, in parallel: to return them and to check that each
+        entry is the record's latest write (a stale entry is skipped, and removed once it is
+        superseded or :data:`_GRACE` old). At most :data:`_WALK_LISTS` listings a page: a
+        rare filter may end a page short, with a cursor."""
+        cursor = None if query.cursor is None else decode_cursor(query.cursor)
+        base = self._index_base("a", "_")
+        for dimension, field in _DIMENSIONS:
+            value = getattr(query, field)
+            if value is not None and len(_segment(value)) <= _VALUE_LIMIT:
+                base = self._index_base(dimension, _segment(value))
+                break
+        start = base
+        if cursor is not None:
+            start = f"{base}{_INVERT - round(cursor[0] * 1e6):016d}"
+        elif query.until is not None:
+            start = f"{base}{_INVERT - math.ceil(float(query.until) * 1e6):016d}"
+        limit = max(int(query.limit), 1)
+        found: list[tuple[float, StoredRecord]] = []
+        stale: list[str] = []
+        batch: list[_Entry] = []
+        lists = [0]
+        now = time.time()
+
+        def verify(entry: _Entry) -> tuple[float, StoredRecord] | None:
+            item = self._labelled(entry.task_id)
+            if item is not None and round(item[0] * 1e6) == entry.written_us:
+                return item if query.matches(item[1]) else None
+            if (item is not None and item[0] > entry.at) or entry.at < now - _GRACE:
+                stale.append(entry.key)
+            return None
+
+        def flush() -> None:
+            found.extend(item for item in self._map(verify, batch) if item is not None)
+            batch.clear()
+
+        last: _Entry | None = None  # where the next page starts, unless the walk ended
+        for entry in self._walk(base, start, lists):
+            if query.since is not None and entry.at < query.since:
+                last = None
+                break
+            last = entry
+            if ((query.until is not None and entry.at >= query.until)
+                    or not after_cursor(entry.at, entry.task_id, cursor)):
+                continue
+            if entry.may_match(query):
+                batch.append(entry)
+                if len(batch) >= limit - len(found):
+                    flush()
+            if len(found) >= limit or lists[0] >= _WALK_LISTS:
+                break
+        else:
+            last = None
+        flush()
+        self._remove_all(stale)
+        records = [record for _, record in found[:limit]]
+        if len(found) >= limit:
+            at, record = found[limit - 1]
+            return RecordPage(records, encode_cursor(at, record.task_id))
+        return RecordPage(records, None if last is None else encode_cursor(last.at,
+                                                                           last.task_id))
 
     # -- records --------------------------------------------------------------------------
     def store(self, record: StoredRecord, *, ttl: float | None) -> bool:
         """A terminal record: one conditional put (plus a read and a second conditional put
         when an expired one is in the way). A progress record: a read of the terminal key,
-        then a put of the progress key (PENDING only where no live record exists)."""
-        metadata = {"state": str(record.state), **_expiry(ttl), **_labels(record)}
+        then a put of the progress key (PENDING only where no live record exists).
+
+        With ``query_index``, first (in parallel) a HeadObject of the progress key and a put
+        of each index object of this write; then the write; then a DeleteObjects of the
+        index objects of the write it replaced (or of its own, when refused)."""
+        metadata = {"state": str(record.state), **_expiry(ttl),
+                    **_labels(record, int(time.time() * 1e6))}
+        if not self._indexed:
+            return self._store(record, metadata)
+        entries = self._index_keys(record.task_id, metadata)
+        progress = self._key("p", record.task_id)
+
+        def step(key: str | None) -> tuple[dict[str, str], str] | None:
+            if key is None:
+                return None if record.state == "PENDING" else self._head(progress)
+            self._write(key, b"", {})
+            return None
+
+        before = self._map(step, [None, *entries])[0]
+        written = self._store(record, metadata)
+        stale = entries if not written else [
+            key for key in self._index_keys(record.task_id, before[0] if before else {})
+            if key not in entries]
+        self._remove_all(stale)
+        return written
+
+    def _store(self, record: StoredRecord, metadata: dict[str, str]) -> bool:
         data = bytes(record.data)
         terminal = self._key("t", record.task_id)
         if record.ready:
@@ -259,8 +496,11 @@ class S3ResultBackend(ResultBackend):
         return None
 
     def query(self, query: RecordQuery) -> RecordPage:
-        """Unindexed (see the module doc): lists the keys, reads each record in parallel,
-        then filters and sorts in the client."""
+        """With ``query_index`` and no id prefix, a walk of the index (:meth:`_query_indexed`).
+        Otherwise unindexed (see the module doc): lists the record keys (under the id prefix),
+        reads each record in parallel, then filters and sorts in the client."""
+        if self._indexed and query.id_prefix is None:
+            return self._query_indexed(query)
         cursor = None if query.cursor is None else decode_cursor(query.cursor)
         stem = query.id_prefix or ""
         ids = {self._name(area, key)
@@ -282,10 +522,13 @@ class S3ResultBackend(ResultBackend):
                           encode_cursor(page[-1][0], page[-1][1].task_id) if more else None)
 
     def forget(self, task_id: str) -> None:
-        """Delete both objects of the task. Idempotent."""
-        with self._errors:
-            self._s3.delete_objects(Bucket=self._bucket, Delete={"Quiet": True, "Objects": [
-                {"Key": self._key("t", task_id)}, {"Key": self._key("p", task_id)}]})
+        """Delete both objects of the task (with ``query_index``, read first, and their index
+        objects too) in one DeleteObjects. Idempotent."""
+        keys = [self._key("t", task_id), self._key("p", task_id)]
+        if self._indexed:
+            for found in self._map(self._head, list(keys)):
+                keys += self._index_keys(task_id, found[0]) if found is not None else []
+        self._remove_all(keys)
 
     def wait(self, task_id: str, *, timeout: float | None) -> StoredRecord | None:
         """Poll the terminal key with backoff (50 ms doubling to ``poll_interval``, 1 s by
@@ -323,24 +566,38 @@ class S3ResultBackend(ResultBackend):
 
     def purge_expired(self) -> int:
         """Delete expired records, joins and entries (each only if unchanged since it was
-        read); returns how many task records went. Reads every object's metadata: run it
-        rarely, and prefer a lifecycle rule in production."""
-        def expired(key: str) -> str | None:
-            with self._errors:
-                try:
-                    head = self._s3.head_object(Bucket=self._bucket, Key=key)
-                except ClientError as exc:
-                    if error_code(exc) in _MISSING:
-                        return None
-                    raise
-            return None if _live(dict(head.get("Metadata", {}))) else str(head["ETag"])
-
+        read); returns how many task records went. With ``query_index``, also the index
+        objects that are not their record's latest live write (superseded, or
+        :data:`_GRACE` old). Reads every object's metadata: run it rarely, and prefer a
+        lifecycle rule in production."""
         count = 0
+        latest: dict[str, int] = {}  # task id -> the write time of its live record, in us
+        gone: set[tuple[str, int]] = set()  # (task id, write time) of the expired ones
         for area in ("t", "p", "j", "e"):
             keys = list(self._keys(self._prefix + area + "/"))
-            for key, etag in zip(keys, self._map(expired, keys), strict=True):
-                if etag is not None and self._remove(key, IfMatch=etag) and area in "tp":
+            for key, head in zip(keys, self._map(self._head, keys), strict=True):
+                if head is None:
+                    continue
+                meta = head[0]
+                written = (self._name(area, key), round(float(meta.get("written-at", 0)) * 1e6))
+                if _live(meta):
+                    if area == "t" or (area == "p" and meta.get("state") not in READY_STATES):
+                        latest.setdefault(*written)
+                elif self._remove(key, IfMatch=head[1]) and area in "tp":
+                    gone.add(written)
                     count += 1
+        if self._indexed:
+            old = (time.time() - _GRACE) * 1e6
+            stale = []
+            for key in self._keys(self._prefix + "i/"):
+                entry = self._entry(key)
+                current = latest.get(entry.task_id)
+                if current != entry.written_us and (
+                        (current is not None and current > entry.written_us)
+                        or (entry.task_id, entry.written_us) in gone
+                        or entry.written_us < old):
+                    stale.append(key)
+            self._remove_all(stale)
         return count
 
     # -- coordination ---------------------------------------------------------------------
@@ -396,7 +653,7 @@ class S3ResultBackend(ResultBackend):
     def info(self) -> dict[str, str]:
         """Region, bucket and prefix, for ``conveyor check``."""
         return {"region": str(self._s3.meta.region_name), "bucket": self._bucket,
-                "prefix": self._prefix or "-"}
+                "prefix": self._prefix or "-", "query_index": "on" if self._indexed else "off"}
 
     def close(self) -> None:
         """Close the HTTP connections and the thread pool. Idempotent."""

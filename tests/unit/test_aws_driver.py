@@ -496,3 +496,147 @@ def test_enqueue_many_and_ack_many_carry_more_than_one_batch_of_ten(
     broker.ack_many(held)
     assert calls == ["DeleteMessageBatch"] * 3
     assert broker.reserve([queue], lease=30) == []
+
+
+# -- S3 query index (query_index=1) ---------------------------------------------------------
+def _indexed(s3_url: str) -> Any:
+    return backend_from_url(s3_url + "&query_index=1")
+
+
+def _objects(s3_url: str, moto_endpoint: str, area: str) -> list[str]:
+    bucket, prefix = urlsplit(s3_url).netloc, urlsplit(s3_url).path.strip("/")
+    s3 = _client("s3", moto_endpoint)
+    keys: list[str] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                              Prefix=f"{prefix}/{area}"):
+        keys += [item["Key"] for item in page.get("Contents", [])]
+    return keys
+
+
+def _calls(backend: Any) -> list[str]:
+    calls: list[str] = []
+    backend._s3.meta.events.register("before-call.s3", lambda model, **_: calls.append(
+        model.name))
+    return calls
+
+
+def test_index_keeps_one_entry_per_dimension_of_the_latest_write(
+        s3_url: str, moto_endpoint: str) -> None:
+    from conveyor.backend import RecordQuery
+
+    backend = _indexed(s3_url)
+    task_id = f"ix/{uuid.uuid4()}%"  # '/' and '%' inside an id stay one key segment
+    for state, worker in (("PENDING", None), ("STARTED", "w1"), ("RETRY", "w2"),
+                          ("SUCCESS", "w2")):
+        assert backend.store(StoredRecord(task_id, state, state.encode(), "shop.add", "high",
+                                          worker), ttl=60)
+    entries = _objects(s3_url, moto_endpoint, "i/")
+    assert sorted(key.split("/")[2] for key in entries) == ["a", "n", "q", "s"], entries
+    assert all("/SUCCESS/=shop.add/=high/=w2" in key for key in entries)
+    page = backend.query(RecordQuery(name="shop.add", state="SUCCESS", worker="w2"))
+    assert [(r.task_id, r.state, r.data) for r in page.records] == [
+        (task_id, "SUCCESS", b"SUCCESS")]
+    # A refused write leaves no entry behind.
+    assert not backend.store(StoredRecord(task_id, "STARTED", b"late", "shop.add", "low"),
+                             ttl=60)
+    assert sorted(_objects(s3_url, moto_endpoint, "i/")) == sorted(entries)
+    backend.forget(task_id)
+    assert _objects(s3_url, moto_endpoint, "i/") == []
+    assert backend.query(RecordQuery(name="shop.add")).records == []
+
+
+def test_indexed_query_reads_only_the_records_it_returns(s3_url: str) -> None:
+    from conveyor.backend import RecordQuery
+
+    backend = _indexed(s3_url)
+    rare = [f"r-{uuid.uuid4()}" for _ in range(3)]
+    backend.store_many([StoredRecord(f"c-{uuid.uuid4()}", "SUCCESS", b"", "common", "q1")
+                        for _ in range(40)], ttl=60)
+    for task_id in rare:
+        backend.store(StoredRecord(task_id, "FAILURE", b"", "common", "q2", "w9"), ttl=60)
+    calls = _calls(backend)
+    page = backend.query(RecordQuery(queue="q2", worker="w9", limit=10))
+    assert {r.task_id for r in page.records} == set(rare) and page.cursor is None
+    assert calls.count("ListObjectsV2") == 1
+    assert calls.count("GetObject") == 3  # terminal records: one read each
+    calls.clear()
+    page = backend.query(RecordQuery(name="common", limit=5))
+    assert len(page.records) == 5 and page.cursor is not None
+    assert calls.count("GetObject") == 5
+
+
+def test_index_entry_of_a_record_gone_behind_its_back_is_skipped_then_removed(
+        s3_url: str, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A bucket lifecycle rule deletes records (and entries) by age, in any order: an entry
+    # may outlive its record. It is never shown; once a minute old a query removes it.
+    from conveyor.backend import RecordQuery
+
+    backend = _indexed(s3_url)
+    kept, gone = f"k-{uuid.uuid4()}", f"g-{uuid.uuid4()}"
+    backend.store(StoredRecord(kept, "SUCCESS", b"k", "life"), ttl=None)
+    backend.store(StoredRecord(gone, "SUCCESS", b"g", "life"), ttl=None)
+    bucket, prefix = urlsplit(s3_url).netloc, urlsplit(s3_url).path.strip("/")
+    _client("s3", moto_endpoint).delete_object(Bucket=bucket, Key=f"{prefix}/t/{gone}")
+    assert [r.task_id for r in backend.query(RecordQuery(name="life")).records] == [kept]
+    assert len([k for k in _objects(s3_url, moto_endpoint, "i/") if gone in k]) == 3, (
+        "a young entry (perhaps a write in flight) was removed")
+    monkeypatch.setattr("conveyor.backends.s3._GRACE", 0.0)
+    assert [r.task_id for r in backend.query(RecordQuery(name="life")).records] == [kept]
+    assert [r.task_id for r in backend.query(RecordQuery()).records
+            if r.task_id in (kept, gone)] == [kept]
+    left = [k.split("/")[2] for k in _objects(s3_url, moto_endpoint, "i/") if gone in k]
+    assert left == ["s"]  # the walks of i/n/life/ and i/a/ met theirs
+    backend.purge_expired()
+    assert [k for k in _objects(s3_url, moto_endpoint, "i/") if gone in k] == []
+    assert len([k for k in _objects(s3_url, moto_endpoint, "i/") if kept in k]) == 3
+
+
+def test_purge_expired_removes_the_entries_of_expired_records(
+        s3_url: str, moto_endpoint: str) -> None:
+    from conveyor.backend import RecordQuery
+
+    backend = _indexed(s3_url)
+    short, lasting = f"s-{uuid.uuid4()}", f"l-{uuid.uuid4()}"
+    backend.store(StoredRecord(short, "FAILURE", b"", "exp", "q"), ttl=0.3)
+    backend.store(StoredRecord(lasting, "SUCCESS", b"", "exp", "q"), ttl=60)
+    time.sleep(0.5)
+    assert [r.task_id for r in backend.query(RecordQuery(name="exp")).records] == [lasting]
+    assert backend.purge_expired() == 1
+    assert [k for k in _objects(s3_url, moto_endpoint, "i/") if short in k] == []
+    assert len([k for k in _objects(s3_url, moto_endpoint, "i/") if lasting in k]) == 4
+
+
+def test_indexed_pages_across_listings_and_a_rare_filter_ends_a_page_short(
+        s3_url: str) -> None:
+    from conveyor.backend import RecordQuery
+    from conveyor.testing.query import collect
+
+    backend = _indexed(s3_url)
+    backend._list_keys = 3
+    ids = []
+    for n in range(8):
+        ids.append(f"p-{n}-{uuid.uuid4()}")
+        backend.store(StoredRecord(ids[-1], "SUCCESS", b"", "paged", "q",
+                                   "rare" if n in (0, 7) else "w"), ttl=60)
+        time.sleep(0.002)
+    assert collect(backend, RecordQuery(name="paged", limit=3)) == ids[::-1]
+    # 8 entries, 3 a listing, at most 10 listings a page: whole pages here.
+    assert collect(backend, RecordQuery(worker="rare", name="paged")) == [ids[7], ids[0]]
+    for n in range(8, 40):
+        backend.store(StoredRecord(f"p-{n}-{uuid.uuid4()}", "SUCCESS", b"", "paged", "q",
+                                   "w"), ttl=60)
+    first = backend.query(RecordQuery(worker="rare", name="paged"))
+    assert [r.task_id for r in first.records] == [] and first.cursor is not None
+    assert collect(backend, RecordQuery(worker="rare", name="paged")) == [ids[7], ids[0]]
+
+
+def test_query_index_is_an_option_every_writer_sets(s3_url: str) -> None:
+    from conveyor.backend import RecordQuery
+
+    plain, indexed = backend_from_url(s3_url), _indexed(s3_url)
+    assert indexed.info()["query_index"] == "on" and plain.info()["query_index"] == "off"
+    plain.store(StoredRecord(f"u-{uuid.uuid4()}", "SUCCESS", b"", "unindexed"), ttl=60)
+    assert len(plain.query(RecordQuery(name="unindexed")).records) == 1
+    assert indexed.query(RecordQuery(name="unindexed")).records == []  # documented
+    with pytest.raises(ConfigurationError, match="query_index"):
+        backend_from_url(s3_url + "&query_index=maybe")
