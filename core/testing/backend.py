@@ -23,6 +23,8 @@ SHORT_TTL = 1.0
 EXPIRY_SLACK = 0.6
 #: Writers racing for one id in the concurrency tests.
 RACE_WRITERS = 8
+#: How long the store-and-forget race runs (seconds).
+RACE_SECONDS = 3.0
 LARGE_DATA_SIZE = 256 * 1024
 
 
@@ -302,6 +304,29 @@ class BackendConcurrencyContract(BackendFixtures):
 
         run_together(write, len(writers))
         assert backend.get(task_id) == _record(task_id, "SUCCESS")
+
+    def test_terminal_writes_racing_forget_of_the_same_id_never_raise(
+            self, backend: ResultBackend, backend_factory: Callable[[], ResultBackend],
+            task_id: str) -> None:
+        # A retried task writing its result while a cleanup forgets it: a write that finds
+        # the record gone between two steps of its own must decide again, not fail. Each
+        # store answers True or False; afterwards the record is absent or the terminal one.
+        writer, forgetter = backend, backend_factory()
+        stop = time.monotonic() + RACE_SECONDS
+
+        def work(index: int) -> int:
+            done = 0
+            while time.monotonic() < stop:
+                if index == 0:
+                    assert writer.store(_record(task_id, "SUCCESS"), ttl=None) in (True, False)
+                else:
+                    forgetter.forget(task_id)
+                done += 1
+            return done
+
+        stores, _ = run_together(work, 2)
+        assert stores > 0
+        assert backend.get(task_id) in (None, _record(task_id, "SUCCESS"))
 
 
 class BackendWaitContract(BackendFixtures):

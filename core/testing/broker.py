@@ -356,6 +356,30 @@ class BrokerEnqueueReserveContract(BrokerFixtures):
         lag = received_at - sent_at[0]
         assert lag < max(0.5, 2 * timings.resolution), f"woke {lag:.3f}s after the enqueue"
 
+    def test_blocking_reserve_still_wakes_promptly_late_in_a_long_wait(
+            self, broker: Broker, broker_factory: Callable[[], Broker], queue: str,
+            timings: BrokerTimings) -> None:
+        # A driver that polls while it waits must cap its backoff: a message sent 3 s into a
+        # 15 s wait is found within a second, not at the end of a pause that kept doubling.
+        require_capability(broker.capabilities.blocking_reserve, broker, "blocking_reserve=True")
+        producer = broker_factory()
+        sent_at: list[float] = []
+
+        def send() -> None:
+            producer.enqueue(queue, b"late")
+            sent_at.append(time.monotonic())
+
+        timer = threading.Timer(3.0, send)
+        timer.start()
+        try:
+            got = broker.reserve([queue], lease=timings.long_lease, wait=15.0)
+            received_at = time.monotonic()
+        finally:
+            timer.join()
+        assert [r.body for r in got] == [b"late"]
+        lag = received_at - sent_at[0]
+        assert lag < max(1.0, 2 * timings.resolution), f"woke {lag:.3f}s after the enqueue"
+
     def test_enqueue_many_stores_every_message_with_distinct_ids(
             self, broker: Broker, queue: str, timings: BrokerTimings) -> None:
         bodies = [b"batch-%d" % i for i in range(25)]
