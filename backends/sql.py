@@ -101,6 +101,10 @@ class SQLResultBackend(ResultBackend):
     Options: ``table_prefix`` (default ``conveyor_``), ``poll_interval`` (longest pause of
     ``wait`` between reads, default 0.2 s), ``pool_size`` (default 10). On PostgreSQL ``wait``
     wakes on ``NOTIFY`` as soon as a terminal state is stored.
+
+    ``finished_many`` is the interface's default (``get_many`` filtered): a ``state IN
+    (...)`` filter in the statement was measured on PostgreSQL and saved the client nothing
+    while costing the server more (bench/README.md, the pick-up section).
     """
 
     capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(coordination=True,

@@ -158,6 +158,25 @@ class ResultBackend(ABC):
                 found[task_id] = record
         return found
 
+    def finished_many(self, task_ids: Iterable[str]) -> dict[str, StoredRecord]:
+        """The terminal records among ``task_ids`` (SUCCESS, FAILURE, REVOKED), by id, each
+        whole as :meth:`get` returns it; ids without a live record or in a progress state
+        (PENDING, STARTED, RETRY) are left out. The worker's pick-up check of every delivery
+        (the duplicate rule), so drivers override it to read as little as they can: the
+        state of each id, and the data only of the terminal ones.
+
+        Each record is read atomically (its state and data from one write), but the call is
+        not a snapshot across ids: a record that turns terminal meanwhile may or may not be
+        included. A terminal record never changes while it lives, so one returned is still
+        the record. An empty ``task_ids`` returns ``{}`` (drivers send nothing); repeated
+        ids are looked up once. Errors are :meth:`get_many`'s: a
+        :class:`~conveyor.exceptions.ConnectionLostError` when the server cannot be read, a
+        :class:`~conveyor.exceptions.ValueRefusedError` for an id the server refuses to look
+        up. The default filters :meth:`get_many`, so a driver needs nothing more.
+        """
+        return {task_id: record for task_id, record in self.get_many(task_ids).items()
+                if record.ready}
+
     @abstractmethod
     def forget(self, task_id: str) -> None:
         """Delete the record of ``task_id``. Idempotent."""

@@ -1,7 +1,8 @@
 """The result backend contract, continued: the edges where real drivers break.
 
 Task ids built to collide, TTLs (their unit, and which write sets them), ``get_many`` with
-gaps, ``purge_expired``'s count, and coherence between two driver instances on one store.
+gaps, ``finished_many`` (the terminal records of some ids: the worker's pick-up check),
+``purge_expired``'s count, and coherence between two driver instances on one store.
 """
 
 from __future__ import annotations
@@ -53,6 +54,19 @@ class BackendIdentifierContract(BackendFixtures):
                 f"{task_id!r} read back another record")
         assert backend.get_many(ids) == {i: _record(i, "SUCCESS") for i in ids}
 
+    def test_finished_many_keeps_look_alike_ids_apart(
+            self, backend: ResultBackend, named_ids: Callable[[str], str]) -> None:
+        ids = self._ids(named_ids)
+        done, running = ids[0::2], ids[1::2]
+        for task_id in done:
+            backend.store(_record(task_id, "SUCCESS"), ttl=None)
+        for task_id in running:
+            backend.store(_record(task_id, "STARTED"), ttl=None)
+        got = backend.finished_many(ids)
+        assert got == {i: _record(i, "SUCCESS") for i in done}, (
+            "finished_many mixed up ids that differ only in case, padding, escaping or "
+            f"their last character: asked for {ids!r}")
+
     def test_forget_of_one_id_leaves_its_look_alikes(
             self, backend: ResultBackend, named_ids: Callable[[str], str]) -> None:
         ids = self._ids(named_ids)
@@ -96,6 +110,19 @@ class BackendTTLContract(BackendFixtures):
             f"records stored by store_many with ttl={SHORT_TTL} outlived it")
         assert backend.get(lasting) == _record(lasting, "SUCCESS")
         assert backend.get(forever) == _record(forever, "SUCCESS")
+
+    def test_finished_many_leaves_out_an_expired_terminal_record(
+            self, backend: ResultBackend, new_task_id: Callable[[], str]) -> None:
+        expired, lasting = new_task_id(), new_task_id()
+        backend.store(_record(expired, "SUCCESS"), ttl=SHORT_TTL)
+        backend.store(_record(lasting, "FAILURE"), ttl=3600.0)
+        assert backend.finished_many([expired, lasting]) == {
+            expired: _record(expired, "SUCCESS"), lasting: _record(lasting, "FAILURE")}
+        time.sleep(SHORT_TTL + EXPIRY_SLACK)
+        assert backend.finished_many([expired, lasting]) == {
+            lasting: _record(lasting, "FAILURE")}, (
+            f"finished_many returned a terminal record stored with ttl={SHORT_TTL} after it "
+            "expired (the worker would ack a new run of a reused id without running it)")
 
     def test_wait_does_not_return_a_record_that_expired_before_it_began(
             self, backend: ResultBackend, task_id: str) -> None:
@@ -159,7 +186,9 @@ class BackendTTLContract(BackendFixtures):
 
 
 class BackendGetManyContract(BackendFixtures):
-    """``get_many`` returns exactly the live records asked for, wherever the gaps fall."""
+    """``get_many`` returns exactly the live records asked for, wherever the gaps fall;
+    ``finished_many`` exactly the live terminal ones among them (SUCCESS, FAILURE, REVOKED),
+    each whole."""
 
     def test_get_many_with_missing_ids_in_every_position(
             self, backend: ResultBackend, new_task_id: Callable[[], str]) -> None:
@@ -184,6 +213,68 @@ class BackendGetManyContract(BackendFixtures):
         assert backend.get_many(iter(ids)) == {i: _record(i, "SUCCESS") for i in present}
 
 
+    def test_finished_many_returns_terminal_records_whole(
+            self, backend: ResultBackend, new_task_id: Callable[[], str]) -> None:
+        succeeded, failed, revoked, big = (new_task_id() for _ in range(4))
+        records = [StoredRecord(succeeded, "SUCCESS", bytes(range(256)) * 3),
+                   StoredRecord(failed, "FAILURE", b"\x00\r\n\xff traceback"),
+                   StoredRecord(revoked, "REVOKED", b"{}"),
+                   StoredRecord(big, "SUCCESS", b"\xa5" * (100 * 1024 + 7))]
+        for record in records:
+            assert backend.store(record, ttl=None) is True
+        got = backend.finished_many([succeeded, failed, revoked, big])
+        assert got == {r.task_id: r for r in records}, (
+            "finished_many must return every terminal record, REVOKED included, with its "
+            "state and data exactly as stored")
+        assert got == backend.get_many([succeeded, failed, revoked, big])
+        assert all(type(r.data) is bytes for r in got.values()), "data must be bytes"
+
+    def test_finished_many_leaves_out_progress_states_and_unknown_ids(
+            self, backend: ResultBackend, new_task_id: Callable[[], str]) -> None:
+        pending, started, retry, unknown = (new_task_id() for _ in range(4))
+        done, finished_later, kept = (new_task_id() for _ in range(3))
+        backend.store(_record(pending, "PENDING"), ttl=None)
+        backend.store(_record(started, "STARTED"), ttl=None)
+        backend.store(_record(retry, "RETRY"), ttl=None)
+        backend.store(_record(done, "SUCCESS"), ttl=None)
+        backend.store(_record(finished_later, "STARTED"), ttl=None)
+        backend.store(_record(finished_later, "FAILURE"), ttl=None)
+        backend.store(_record(kept, "REVOKED"), ttl=None)
+        assert backend.store(_record(kept, "STARTED", b"late"), ttl=None) is False
+        want = {i: backend.get(i) for i in (done, finished_later, kept)}
+        assert want == {done: _record(done, "SUCCESS"),
+                        finished_later: _record(finished_later, "FAILURE"),
+                        kept: _record(kept, "REVOKED")}
+        progress = [pending, started, retry, unknown]
+        for ids in ([*progress, done, finished_later, kept],
+                    [done, *progress, kept, finished_later],
+                    [pending, done, started, finished_later, retry, kept, unknown],
+                    [done, done, started, started, kept]):
+            got = backend.finished_many(ids)
+            assert got == {i: r for i, r in want.items() if i in ids}, (
+                f"finished_many({ids}) with {pending} PENDING, {started} STARTED, {retry} "
+                f"RETRY and {unknown} unknown: only the terminal records belong")
+
+    def test_finished_many_of_nothing_is_empty(
+            self, backend: ResultBackend, new_task_id: Callable[[], str]) -> None:
+        running, unknown = new_task_id(), new_task_id()
+        backend.store(_record(running, "STARTED"), ttl=None)
+        assert backend.finished_many([]) == {}
+        assert backend.finished_many(iter(())) == {}
+        assert backend.finished_many([unknown]) == {}
+        assert backend.finished_many([running, unknown]) == {}
+
+    def test_finished_many_of_many_ids_returns_each_terminal_one(
+            self, backend: ResultBackend, new_task_id: Callable[[], str]) -> None:
+        ids = [new_task_id() for _ in range(520)]  # past any batch size a driver chunks by
+        done, running = ids[0::3], ids[1::3]
+        backend.store_many([_record(i, "SUCCESS") for i in done], ttl=None)
+        backend.store_many([_record(i, "STARTED") for i in running], ttl=None)
+        want = {i: _record(i, "SUCCESS") for i in done}
+        assert backend.finished_many(ids) == want
+        assert backend.finished_many(iter(ids[::-1])) == want
+
+
 class BackendCoherenceContract(BackendFixtures):
     """Two driver instances on one store see one state: nothing cached in one hides what the
     other wrote or forgot."""
@@ -201,6 +292,19 @@ class BackendCoherenceContract(BackendFixtures):
         assert other.store(_record(task_id, "FAILURE"), ttl=None) is True, (
             "another instance refused a terminal write after the record was forgotten")
         assert backend.get(task_id) == _record(task_id, "FAILURE")
+
+    def test_finished_many_through_another_instance_sees_each_change(
+            self, backend: ResultBackend, backend_factory: Callable[[], ResultBackend],
+            task_id: str) -> None:
+        other = backend_factory()
+        assert other.finished_many([task_id]) == {}
+        backend.store(_record(task_id, "STARTED"), ttl=None)
+        assert other.finished_many([task_id]) == {}
+        backend.store(_record(task_id, "SUCCESS"), ttl=None)
+        assert other.finished_many([task_id]) == {task_id: _record(task_id, "SUCCESS")}
+        backend.forget(task_id)
+        assert other.finished_many([task_id]) == {}, (
+            "another instance still reports a forgotten record as finished")
 
     def test_a_record_written_through_one_instance_is_seen_by_another_that_looked_first(
             self, backend: ResultBackend, backend_factory: Callable[[], ResultBackend],

@@ -72,7 +72,8 @@ class Job:
 @dataclass(slots=True)
 class Pickup:
     """What the fetch thread learned about one reserved message before any body runs: the
-    decoded message (or why it could not be decoded) and the task id's record at pick-up.
+    decoded message (or why it could not be decoded) and the task id's record at pick-up if
+    it was terminal (None otherwise).
 
     ``checked`` is False when the backend could not be read then: the runner reads it itself
     before running the task."""
@@ -118,9 +119,10 @@ class TaskRunner:
 
     # -- entry point ----------------------------------------------------------------------
     def pickup(self, batch: list[Reservation]) -> list[Pickup]:
-        """Decode a reserved batch and read its task ids' records in one ``get_many``: the
-        duplicate and revoke check of every delivery, before any body runs (called by the
-        fetch thread, so under load it overlaps the tasks running meanwhile).
+        """Decode a reserved batch and read its task ids' terminal records in one
+        ``finished_many``: the duplicate and revoke check of every delivery, before any body
+        runs (called by the fetch thread, so under load it overlaps the tasks running
+        meanwhile). Only terminal records matter here, and the drivers read just those.
 
         A backend that cannot be read now leaves the batch unchecked (each task then reads
         its own record before it runs, with the usual patience)."""
@@ -134,7 +136,7 @@ class TaskRunner:
         if not ids:
             return picked
         try:
-            found = self.app.backend.get_many(ids)
+            found = self.app.backend.finished_many(ids)
         except ConveyorError as exc:
             log.debug("pick-up check deferred to the executors: %s", exc)
             return picked

@@ -35,3 +35,23 @@ def test_memory_reserve_wakes_when_the_earliest_delay_falls_due() -> None:
     got = broker.reserve(["q"], lease=5.0, wait=5.0)
     assert [r.body for r in got] == [b"soon"]
     assert time.monotonic() - started < 2.0, "slept past the earliest due time"
+
+
+def test_every_contract_test_the_memory_drivers_cite_exists() -> None:
+    """The reference drivers name, per method, the contract tests that hold them to a rule;
+    a renamed or removed test must not leave a dangling name in docs/driver-authors.md's
+    reference."""
+    import inspect
+    import re
+
+    from conveyor import testing
+    from conveyor.backends import memory as memory_backend
+    from conveyor.brokers import memory as memory_broker
+
+    defined = {name for _, cls in inspect.getmembers(testing, inspect.isclass)
+               for name in dir(cls) if name.startswith("test_")}
+    for module in (memory_backend, memory_broker):
+        cited = set(re.findall(r"``(test_\w+)``", inspect.getsource(module)))
+        assert cited, module.__name__
+        missing = sorted(cited - defined)
+        assert not missing, f"{module.__name__} cites contract tests that do not exist: {missing}"
