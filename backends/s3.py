@@ -34,7 +34,9 @@ return them. Entries are put before the record and the replaced write's entries 
 after it, so a crash or a race leaves extra entries, never a missing one; an entry that is
 not its record's latest live write (superseded, forgotten, expired, deleted by a lifecycle
 rule) is skipped and removed by the query or ``purge_expired`` once superseded or a minute
-old. An id prefix is still served by listing the record keys under it.
+old. An id prefix is still served by listing the record keys under it. A write whose index
+key would pass S3's 1,024-byte key limit (an id and labels of about 500 bytes encoded) is
+refused (``ValueRefusedError``).
 
 **The first terminal write wins** by a conditional put (``IfNoneMatch="*"``) on the terminal
 key: S3 lets exactly one of racing writers create it. An expired terminal record is replaced

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
 from conveyor.backend import RecordQuery, StoredRecord
+from conveyor.exceptions import ConfigurationError
 from conveyor.registry import backend_from_url
 from conveyor.testing import BrokerContract, ResultBackendContract
+from conveyor.testing.query import collect
 from tests.servers.moto import REGION
 
 
@@ -28,13 +31,17 @@ class TestSQSBroker(BrokerContract):
         return sqs_url
 
 
-def _keys(s3_url: str, endpoint: str) -> list[str]:
+def _s3(endpoint: str) -> Any:
     import boto3
 
+    return boto3.client("s3", endpoint_url=endpoint, region_name=REGION,
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def _keys(s3_url: str, endpoint: str) -> list[str]:
+    """Every object key under the URL's prefix."""
     bucket, prefix = urlsplit(s3_url).netloc, urlsplit(s3_url).path.strip("/") + "/"
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name=REGION,
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
-    return [item["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
+    return [item["Key"] for page in _s3(endpoint).get_paginator("list_objects_v2").paginate(
         Bucket=bucket, Prefix=prefix) for item in page.get("Contents", [])]
 
 
@@ -88,7 +95,139 @@ class TestS3ResultBackend(ResultBackendContract):
         backend.close()
 
 
+def _calls(backend: Any) -> list[str]:
+    """The names of the S3 operations ``backend`` calls from now on."""
+    calls: list[str] = []
+    backend._s3.meta.events.register("before-call.s3", lambda model, **_: calls.append(
+        model.name))
+    return calls
+
+
 class TestS3ResultBackendIndexed(ResultBackendContract):
+    """The contract with ``query_index=1``, and the index's own guarantees."""
+
     @pytest.fixture
     def backend_url(self, s3_url: str) -> str:
         return s3_url + "&query_index=1"
+
+    @pytest.fixture
+    def indexed(self, backend_url: str) -> Iterator[Any]:
+        made = backend_from_url(backend_url)
+        yield made
+        made.close()
+
+    def test_one_entry_per_dimension_of_the_latest_write_and_none_after_forget(
+            self, indexed: Any, s3_url: str, moto_endpoint: str) -> None:
+        task_id = f"ix/{uuid.uuid4()}%"  # '/' and '%' inside an id stay one key segment
+        for state, worker in (("PENDING", None), ("STARTED", "w1"), ("RETRY", "w2"),
+                              ("SUCCESS", "w2")):
+            assert indexed.store(StoredRecord(task_id, state, state.encode(), "shop.add",
+                                              "high", worker), ttl=60)
+        entries = [k for k in _keys(s3_url, moto_endpoint) if "/i/" in k]
+        assert sorted(key.split("/")[2] for key in entries) == ["a", "n", "q", "s"], entries
+        assert all("/SUCCESS/=shop.add/=high/=w2" in key for key in entries)
+        page = indexed.query(RecordQuery(name="shop.add", state="SUCCESS", worker="w2"))
+        assert [(r.task_id, r.state, r.data) for r in page.records] == [
+            (task_id, "SUCCESS", b"SUCCESS")]
+        # A refused write leaves no entry behind.
+        assert not indexed.store(StoredRecord(task_id, "STARTED", b"late", "shop.add", "low"),
+                                 ttl=60)
+        assert sorted(k for k in _keys(s3_url, moto_endpoint) if "/i/" in k) == sorted(entries)
+        indexed.forget(task_id)
+        assert _keys(s3_url, moto_endpoint) == []
+        assert indexed.query(RecordQuery(name="shop.add")).records == []
+
+    def test_a_query_reads_only_the_records_it_returns(self, indexed: Any) -> None:
+        rare = [f"r-{uuid.uuid4()}" for _ in range(3)]
+        indexed.store_many([StoredRecord(f"c-{uuid.uuid4()}", "SUCCESS", b"", "common", "q1")
+                            for _ in range(40)], ttl=60)
+        for task_id in rare:
+            indexed.store(StoredRecord(task_id, "FAILURE", b"", "common", "q2", "w9"), ttl=60)
+        calls = _calls(indexed)
+        page = indexed.query(RecordQuery(queue="q2", worker="w9", limit=10))
+        assert {r.task_id for r in page.records} == set(rare) and page.cursor is None
+        assert calls.count("ListObjectsV2") == 1
+        assert calls.count("GetObject") == 3  # terminal records: one read each
+        calls.clear()
+        page = indexed.query(RecordQuery(name="common", limit=5))
+        assert len(page.records) == 5 and page.cursor is not None
+        assert calls.count("GetObject") == 5
+
+    def test_an_entry_whose_record_is_gone_is_skipped_then_removed(
+            self, indexed: Any, s3_url: str, moto_endpoint: str,
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        # A bucket lifecycle rule deletes records (and entries) by age, in any order: an
+        # entry may outlive its record. It is never shown; once a minute old (the grace
+        # left to a write in flight, whose entries go first) a query removes it, and so does
+        # purge_expired, which keeps the entries of live records however old.
+        kept, gone = f"k-{uuid.uuid4()}", f"g-{uuid.uuid4()}"
+        indexed.store(StoredRecord(kept, "SUCCESS", b"k", "life"), ttl=None)
+        indexed.store(StoredRecord(gone, "SUCCESS", b"g", "life"), ttl=None)
+        bucket, prefix = urlsplit(s3_url).netloc, urlsplit(s3_url).path.strip("/")
+        _s3(moto_endpoint).delete_object(Bucket=bucket, Key=f"{prefix}/t/{gone}")
+
+        def entries(task_id: str) -> list[str]:
+            return [k.split("/")[2] for k in _keys(s3_url, moto_endpoint)
+                    if "/i/" in k and task_id in k]
+
+        assert [r.task_id for r in indexed.query(RecordQuery(name="life")).records] == [kept]
+        assert entries(gone) == ["a", "n", "s"], "a young entry (a write in flight?) went"
+        monkeypatch.setattr("conveyor.backends.s3._GRACE", 0.0)
+        assert [r.task_id for r in indexed.query(RecordQuery(name="life")).records] == [kept]
+        assert [r.task_id for r in indexed.query(RecordQuery()).records] == [kept]
+        assert entries(gone) == ["s"]  # the walks of i/n/life/ and i/a/ met theirs
+        assert indexed.purge_expired() == 0
+        assert entries(gone) == []
+        assert entries(kept) == ["a", "n", "s"]
+
+    def test_purge_expired_removes_the_entries_of_expired_and_rewritten_records(
+            self, indexed: Any, s3_url: str, moto_endpoint: str) -> None:
+        short, lasting = f"s-{uuid.uuid4()}", f"l-{uuid.uuid4()}"
+        moved = f"m-{uuid.uuid4()}"
+        indexed.store(StoredRecord(short, "FAILURE", b"", "exp", "q"), ttl=0.3)
+        indexed.store(StoredRecord(lasting, "STARTED", b"", "exp", "q"), ttl=60)
+        indexed.store(StoredRecord(moved, "STARTED", b"", "exp", "q"), ttl=60)
+        bucket, prefix = urlsplit(s3_url).netloc, urlsplit(s3_url).path.strip("/")
+        before = [k for k in _keys(s3_url, moto_endpoint) if "/i/" in k and moved in k]
+        indexed.store(StoredRecord(moved, "RETRY", b"", "exp", "q"), ttl=60)
+        for key in before:  # as a racing writer would leave them
+            _s3(moto_endpoint).put_object(Bucket=bucket, Key=key, Body=b"")
+        time.sleep(0.5)
+        assert [r.task_id for r in indexed.query(RecordQuery(name="exp", state="STARTED"))
+                .records] == [lasting]
+        assert indexed.purge_expired() == 1
+        left = [k for k in _keys(s3_url, moto_endpoint) if "/i/" in k]
+        assert [k for k in left if short in k] == []
+        assert sorted(k.split("/")[2] for k in left if lasting in k) == ["a", "n", "q", "s"]
+        assert sorted(k.split("/")[2] for k in left if moved in k) == ["a", "n", "q", "s"]
+        assert all("/RETRY/" in k for k in left if moved in k)
+        del prefix
+
+    def test_pages_across_listings_and_a_rare_filter_ends_a_page_short(
+            self, indexed: Any) -> None:
+        indexed._list_keys = 3
+        ids = []
+        for n in range(8):
+            ids.append(f"p-{n}-{uuid.uuid4()}")
+            indexed.store(StoredRecord(ids[-1], "SUCCESS", b"", "paged", "q",
+                                       "rare" if n in (0, 7) else "w"), ttl=60)
+            time.sleep(0.002)
+        assert collect(indexed, RecordQuery(name="paged", limit=3)) == ids[::-1]
+        # 8 entries, 3 a listing, at most 10 listings a page: whole pages here.
+        assert collect(indexed, RecordQuery(worker="rare", name="paged")) == [ids[7], ids[0]]
+        for n in range(8, 40):
+            indexed.store(StoredRecord(f"p-{n}-{uuid.uuid4()}", "SUCCESS", b"", "paged", "q",
+                                       "w"), ttl=60)
+        first = indexed.query(RecordQuery(worker="rare", name="paged"))
+        assert first.records == [] and first.cursor is not None
+        assert collect(indexed, RecordQuery(worker="rare", name="paged")) == [ids[7], ids[0]]
+
+    def test_every_writer_sets_the_option(self, indexed: Any, s3_url: str) -> None:
+        plain = backend_from_url(s3_url)
+        assert indexed.info()["query_index"] == "on" and plain.info()["query_index"] == "off"
+        plain.store(StoredRecord(f"u-{uuid.uuid4()}", "SUCCESS", b"", "unindexed"), ttl=60)
+        assert len(plain.query(RecordQuery(name="unindexed")).records) == 1
+        assert indexed.query(RecordQuery(name="unindexed")).records == []  # documented
+        with pytest.raises(ConfigurationError, match="query_index"):
+            backend_from_url(s3_url + "&query_index=maybe")
+        plain.close()
