@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor.control.channel import REPLY_PREFIX, control_queue, decode_command
 from conveyor.control.revoke import RevokedCache
 from conveyor.exceptions import ConfigurationError, ConveyorError
+from conveyor.outage import OutageLog
 from conveyor.ratelimit import parse_rate
 
 if TYPE_CHECKING:
@@ -118,6 +119,7 @@ class WorkerAgent:
     def run(self) -> None:
         interval = self.app.conf.heartbeat_interval
         last_beat = last_read = time.monotonic()
+        outage = OutageLog(log, "worker agent: the backend or broker")
         while not self._stop.wait(min(TICK, interval)):
             try:
                 now = time.monotonic()
@@ -131,8 +133,9 @@ class WorkerAgent:
                 if not self._long_polls and now - last_read >= COMMAND_TICK:
                     last_read = now
                     self._read_commands()
+                outage.recovered()
             except ConveyorError as exc:
-                log.warning("worker agent: %s (retrying)", exc)
+                outage.failed(exc)
             except Exception:
                 log.exception("worker agent failed a round; retrying")
 
@@ -147,12 +150,14 @@ class WorkerAgent:
         """Long polls of the control queue until stopped (see the module docstring)."""
         wait = self.app.broker.capabilities.idle_wait or COMMAND_TICK
         pause = 0.1
+        outage = OutageLog(log, "worker agent: the control queue's broker")
         while not self._stop.is_set():
             try:
                 self._read_commands(wait)
+                outage.recovered()
                 pause = 0.1
             except ConveyorError as exc:
-                log.warning("worker agent: %s (retrying)", exc)
+                outage.failed(exc)
                 self._stop.wait(pause)
                 pause = min(pause * 2, 5.0)
             except Exception:

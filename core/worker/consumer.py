@@ -25,6 +25,7 @@ from conveyor.exceptions import (
     ConveyorError,
     MissingDependencyError,
 )
+from conveyor.outage import OutageLog
 from conveyor.worker.completer import Completer, Completion
 from conveyor.worker.limits import TimeLimits
 from conveyor.worker.runner import Job, Pickup, TaskRunner
@@ -197,8 +198,7 @@ class Consumer:
         # A broker billed per request (SQS) is waited on longer while idle; stop() wakes it.
         wait = max(self.app.conf.worker_poll_wait, broker.capabilities.idle_wait or 0.0)
         pause = 0.1
-        failing_since: float | None = None
-        last_log = 0.0
+        outage = OutageLog(log, "broker", first_level=logging.ERROR)
         while not self._stop.is_set():
             with self._held_lock:
                 while not self._stop.is_set():
@@ -219,21 +219,13 @@ class Consumer:
             except ConveyorError as exc:
                 if _is_fatal(exc):
                     raise
-                now = time.monotonic()
-                if failing_since is None:
-                    failing_since = last_log = now
-                    log.error("broker unavailable (%s): retrying with backoff", exc)
-                elif now - last_log >= 30:
-                    last_log = now
-                    log.warning("broker still unavailable after %.0fs: %s",
-                                now - failing_since, exc)
+                outage.failed(exc)
                 self._stop.wait(pause)
                 pause = min(pause * 2, 5.0)
                 continue
-            if failing_since is not None:
-                log.warning("broker reachable again after %.1fs",
-                            time.monotonic() - failing_since)
-                failing_since, pause = None, 0.1
+            if outage.failing:
+                outage.recovered()
+                pause = 0.1
             if batch:
                 with self._held_lock:
                     for res in batch:

@@ -133,8 +133,13 @@ def test_redis_unreachable_at_start_check_says_so_and_the_worker_waits(
     server = RedisServer(binary, port=port)
     try:
         proc = workers.start("-c", "1")
-        time.sleep(2.0)
+        time.sleep(3.0)
         assert proc.poll() is None, "the worker must keep retrying, not crash"
+        # Each retrying loop says so once, not on every retry (the agent's loop retries
+        # twice a second: it wrote a line each time).
+        down = workers.logs().splitlines()
+        agent = [line for line in down if "worker agent" in line]
+        assert 1 <= len(agent) <= 2, down
         server.start()
         import e2e_tasks
 
