@@ -71,8 +71,9 @@ class _Waker:
     """Wakes waiting consumers when a change stream reports work; polls when it is down.
 
     One daemon thread per broker tails the stream; each event bumps ``generation``. While
-    the stream is lost (server restart) ``alive`` is False and waiters poll instead; the
-    thread reopens it with backoff and wakes everyone, since events may have been missed.
+    the stream is lost (server restart) or invalidated (its collection dropped) ``alive`` is
+    False and waiters poll instead; the thread reopens it with backoff and wakes everyone,
+    since events may have been missed.
     """
 
     def __init__(self, broker: MongoBroker, stream: Any) -> None:
@@ -102,7 +103,7 @@ class _Waker:
             self._cond.notify_all()
 
     def _run(self, stream: Any) -> None:
-        from pymongo.errors import PyMongoError
+        from pymongo.errors import InvalidOperation, PyMongoError
 
         pause = 0.1
         while not self._stopped.is_set():
@@ -114,6 +115,11 @@ class _Waker:
                 while not self._stopped.is_set():
                     if stream.try_next() is not None:
                         self._bump(alive=True)
+                    elif not stream.alive:
+                        # Invalidated (the collection was dropped or renamed): try_next
+                        # would return None at once forever. Reopen it like a lost one.
+                        stream.close()
+                        raise InvalidOperation("the change stream was invalidated")
             except PyMongoError:
                 stream = None
                 if self._stopped.is_set():

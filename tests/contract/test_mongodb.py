@@ -67,6 +67,33 @@ def _change_stream_opens() -> Any:
     return Opens()
 
 
+def _commands(name: str) -> Any:
+    """A pymongo command listener keeping the ``name`` commands the client sent."""
+    from pymongo.monitoring import CommandListener
+
+    class Kept(CommandListener):
+        def __init__(self) -> None:
+            self.sent: list[dict[str, Any]] = []
+
+        def started(self, event: Any) -> None:
+            if event.command_name == name:
+                self.sent.append(dict(event.command))
+
+        def succeeded(self, event: Any) -> None:
+            pass
+
+        def failed(self, event: Any) -> None:
+            pass
+
+    return Kept()
+
+
+def _stages(plan: dict[str, Any]) -> list[str]:
+    """Every stage of an explained plan, outermost first."""
+    inner = [plan["inputStage"]] if "inputStage" in plan else plan.get("inputStages", [])
+    return [plan.get("stage", "?")] + [s for p in inner for s in _stages(p)]
+
+
 class TestMongoBroker(BrokerContract):
     @pytest.fixture
     def broker_url(self, mongo_url: str) -> str:
@@ -92,6 +119,40 @@ class TestMongoBroker(BrokerContract):
             client.close()
             broker.delete_dead(queue)
 
+    def test_the_claims_sort_is_one_a_real_mongod_serves_from_an_index(
+            self, broker_url: str, queue: str) -> None:
+        # SecantusDB sorts in memory whatever the indexes are; a mongod walks an index whose
+        # keys, after the equality on queue, are the claim's sort keys all in the index's
+        # directions or all reversed (else every claim sorts the queue's ready messages).
+        sent = _commands("findAndModify"), _commands("find")
+        consumer = MongoBroker(URL(broker_url), event_listeners=list(sent))
+        try:
+            consumer.enqueue_many(queue, [b"a", b"b", b"c"])
+            assert len(consumer.reserve([queue], lease=60.0)) == 1  # findAndModify
+            assert len(consumer.reserve([queue], lease=60.0, limit=2)) == 2  # find, update
+            indexes = [list(ix["key"].items()) for ix in consumer._messages.list_indexes()]
+            sorts = [list(c["sort"].items()) for kept in sent for c in kept.sent
+                     if c.get("sort") and "messages" in str(c.get("find", c.get("findAndModify")))]
+            assert len(sorts) >= 2
+            for sort in sorts:
+                flipped = [(k, -d) for k, d in sort]
+                assert any(keys[0][0] == "queue" and keys[1:] in (sort, flipped)
+                           for keys in indexes), f"no index serves the claim's sort {sort}"
+        finally:
+            consumer.close()
+
+    def test_a_waiting_reserve_returns_a_delayed_message_when_it_is_due(
+            self, broker: Broker, queue: str) -> None:
+        # The driver's own promise (reserve's docstring): a wait also ends when the next
+        # delay or lease is due. No change-stream event marks that moment; the driver
+        # reads when the earliest is due and sleeps until then, not a second longer.
+        broker.enqueue(queue, b"soon", delay=0.1)
+        sent = time.monotonic()
+        got = broker.reserve([queue], lease=60.0, wait=5.0)
+        late = time.monotonic() - sent
+        assert [r.body for r in got] == [b"soon"]
+        assert late < 0.6, f"a message due 0.1 s after its enqueue came after {late:.3f}s"
+
     def test_a_waiting_reserve_wakes_on_the_change_stream_not_by_polling(
             self, broker_url: str, broker_factory: Callable[[], Broker], queue: str) -> None:
         # poll_interval=5: a consumer that polled instead (10 ms doubling to 5 s) would find
@@ -103,6 +164,34 @@ class TestMongoBroker(BrokerContract):
             assert lag < 1.0, f"woke {lag:.3f}s after the enqueue"
         finally:
             consumer.close()
+
+    def test_waiting_consumers_still_wake_promptly_after_the_collection_is_dropped(
+            self, mongo_url: str) -> None:
+        # Dropping the messages collection (a reset by hand, dropDatabase) invalidates the
+        # change stream; pymongo's try_next then returns None at once, forever. The waker
+        # must reopen the stream, not spin on the dead one while consumers wait 5 s.
+        import pymongo
+
+        prefix = f"contract_drop_{uuid.uuid4().hex[:8]}_"
+        url = _with_prefix(mongo_url, prefix)
+        consumer = MongoBroker(URL(url), poll_interval=5.0)
+        producer = MongoBroker(URL(url))
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongo_url)
+        queue = f"contract-{uuid.uuid4()}"
+        try:
+            assert consumer.info()["wake"] == "change stream"
+            producer.enqueue(queue, b"first")
+            assert consumer.reserve([queue], lease=60.0, wait=5.0)
+            db = client.get_default_database(DEFAULT_DATABASE)
+            db.drop_collection(prefix + "messages")
+            time.sleep(1.0)
+            lag = _woken_after(consumer, producer, queue, after=3.0)
+            assert lag < 1.0, f"woke {lag:.3f}s after the enqueue, after the drop"
+        finally:
+            consumer.close()
+            producer.close()
+            client.get_default_database(DEFAULT_DATABASE).drop_collection(prefix + "messages")
+            client.close()
 
     def test_a_lost_change_stream_is_reopened_with_bounded_backoff_not_a_hot_loop(
             self) -> None:
@@ -137,33 +226,6 @@ class TestMongoBroker(BrokerContract):
             finally:
                 consumer.close()
                 producer.close()
-
-
-def _commands(name: str) -> Any:
-    """A pymongo command listener keeping the ``name`` commands the client sent."""
-    from pymongo.monitoring import CommandListener
-
-    class Kept(CommandListener):
-        def __init__(self) -> None:
-            self.sent: list[dict[str, Any]] = []
-
-        def started(self, event: Any) -> None:
-            if event.command_name == name:
-                self.sent.append(dict(event.command))
-
-        def succeeded(self, event: Any) -> None:
-            pass
-
-        def failed(self, event: Any) -> None:
-            pass
-
-    return Kept()
-
-
-def _stages(plan: dict[str, Any]) -> list[str]:
-    """Every stage of an explained plan, outermost first."""
-    inner = [plan["inputStage"]] if "inputStage" in plan else plan.get("inputStages", [])
-    return [plan.get("stage", "?")] + [s for p in inner for s in _stages(p)]
 
 
 class TestMongoResultBackend(ResultBackendContract):
