@@ -161,6 +161,8 @@ class TestS3ResultBackendIndexed(ResultBackendContract):
         # left to a write in flight, whose entries go first) a query removes it, and so does
         # purge_expired, which keeps the entries of live records however old.
         kept, gone = f"k-{uuid.uuid4()}", f"g-{uuid.uuid4()}"
+        running = f"r-{uuid.uuid4()}"
+        indexed.store(StoredRecord(running, "STARTED", b"r", "busy"), ttl=None)
         indexed.store(StoredRecord(kept, "SUCCESS", b"k", "life"), ttl=None)
         indexed.store(StoredRecord(gone, "SUCCESS", b"g", "life"), ttl=None)
         bucket, prefix = urlsplit(s3_url).netloc, urlsplit(s3_url).path.strip("/")
@@ -174,11 +176,12 @@ class TestS3ResultBackendIndexed(ResultBackendContract):
         assert entries(gone) == ["a", "n", "s"], "a young entry (a write in flight?) went"
         monkeypatch.setattr("conveyor.backends.s3._GRACE", 0.0)
         assert [r.task_id for r in indexed.query(RecordQuery(name="life")).records] == [kept]
-        assert [r.task_id for r in indexed.query(RecordQuery()).records] == [kept]
+        assert [r.task_id for r in indexed.query(RecordQuery()).records] == [kept, running]
         assert entries(gone) == ["s"]  # the walks of i/n/life/ and i/a/ met theirs
         assert indexed.purge_expired() == 0
         assert entries(gone) == []
         assert entries(kept) == ["a", "n", "s"]
+        assert entries(running) == ["a", "n", "s"]  # a live progress record's too
 
     def test_purge_expired_removes_the_entries_of_expired_and_rewritten_records(
             self, indexed: Any, s3_url: str, moto_endpoint: str) -> None:
@@ -192,9 +195,15 @@ class TestS3ResultBackendIndexed(ResultBackendContract):
         indexed.store(StoredRecord(moved, "RETRY", b"", "exp", "q"), ttl=60)
         for key in before:  # as a racing writer would leave them
             _s3(moto_endpoint).put_object(Bucket=bucket, Key=key, Body=b"")
-        time.sleep(0.5)
+        # A query that meets a superseded entry removes it at once (no grace: the record
+        # says a later write happened); the others wait for their walks or the purge.
+        assert [r.task_id for r in indexed.query(RecordQuery(queue="q", state="RETRY"))
+                .records] == [moved]
         assert [r.task_id for r in indexed.query(RecordQuery(name="exp", state="STARTED"))
                 .records] == [lasting]
+        assert sorted(k.split("/")[2] for k in _keys(s3_url, moto_endpoint)
+                      if "/STARTED/" in k and moved in k) == ["a", "q", "s"]
+        time.sleep(0.5)
         assert indexed.purge_expired() == 1
         left = [k for k in _keys(s3_url, moto_endpoint) if "/i/" in k]
         assert [k for k in left if short in k] == []
