@@ -119,7 +119,7 @@ class WorkerAgent:
     def run(self) -> None:
         interval = self.app.conf.heartbeat_interval
         last_beat = last_read = time.monotonic()
-        outage = OutageLog(log, "worker agent: the backend or broker")
+        outage = OutageLog(log, "the worker agent's server")
         while not self._stop.wait(min(TICK, interval)):
             try:
                 now = time.monotonic()
@@ -150,7 +150,7 @@ class WorkerAgent:
         """Long polls of the control queue until stopped (see the module docstring)."""
         wait = self.app.broker.capabilities.idle_wait or COMMAND_TICK
         pause = 0.1
-        outage = OutageLog(log, "worker agent: the control queue's broker")
+        outage = OutageLog(log, "the worker agent's control queue")
         while not self._stop.is_set():
             try:
                 self._read_commands(wait)
