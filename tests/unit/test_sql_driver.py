@@ -30,6 +30,7 @@ from conveyor.registry import backend_from_url, broker_from_url
 from conveyor.stores.sql import SCHEMA_VERSION
 from conveyor.url import URL
 from tests.servers import free_port
+from tests.servers.postgres import fresh_database
 
 
 def _prefix() -> str:
@@ -341,6 +342,75 @@ def test_hot_statements_prepared_on_empty_tables_stay_indexed_on_postgres(
                 assert "Index" in plan, plan
     finally:
         backend.close()
+        _discard(broker)
+
+
+def _terminate_others(postgres_url: str) -> int:
+    """End every other session of the server, as a restart would; how many were ended."""
+    dsn = postgres_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        return int(admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE pid <> pg_backend_pid() AND datname = current_database() "
+            "AND backend_type = 'client backend'").fetchone()[0])
+
+
+def test_after_a_dropped_session_broker_and_backend_reconnect_together_on_postgres(
+        postgres_url: str) -> None:
+    # A restarted server drops every session: the first statement that meets a dead one
+    # fails (retryable), and every other connection opened before it is replaced too, the
+    # backend's as well as the broker's (one URL, one set of connections): no second failure.
+    # A database of its own: the sessions ended are this test's only.
+    with fresh_database(postgres_url) as url:
+        _reconnect_together(url)
+
+
+def _reconnect_together(postgres_url: str) -> None:
+    prefix = _prefix()
+    broker = SQLBroker(URL(postgres_url), table_prefix=prefix)
+    backend = SQLResultBackend(URL(postgres_url), table_prefix=prefix)
+    try:
+        broker.enqueue("q", b"before")
+        backend.store(StoredRecord("t1", "SUCCESS", b"{}"), ttl=60)
+        assert backend.get("t1") is not None
+        with broker._db.raw(), backend._db.raw():
+            pass  # two connections open and idle now, as under load
+        assert _terminate_others(postgres_url) >= 2
+        with pytest.raises(ConnectionLostError):
+            broker.enqueue("q", b"lost")
+        found = backend.get("t1")  # would meet its own dead connection without the sharing
+        assert found is not None and found.state == "SUCCESS"
+        broker.enqueue("q", b"after")
+        got = broker.reserve(["q"], lease=30, limit=10)
+        assert sorted(r.body for r in got) == [b"after", b"before"]
+    finally:
+        backend.close()
+        _discard(broker)
+
+
+def test_a_forked_child_opens_its_own_connections_on_postgres(postgres_url: str) -> None:
+    # The processes pool forks: a child must never use (or close) its parent's sessions.
+    import os
+
+    broker = SQLBroker(URL(postgres_url), table_prefix=_prefix())
+    try:
+        broker.enqueue("q", b"parent-1")
+        pid = os.fork()
+        if pid == 0:  # the child: send one, exit without running any cleanup
+            code = 1
+            try:
+                broker.enqueue("q", b"child")
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        broker.enqueue("q", b"parent-2")  # the parent's connection still works
+        got = broker.reserve(["q"], lease=30, limit=10)
+        assert sorted(r.body for r in got) == [b"child", b"parent-1", b"parent-2"]
+    finally:
         _discard(broker)
 
 
