@@ -58,12 +58,15 @@ class _PostgresStatements:
         #: and small, the NOTIFY carries it (see _notified: its waiter needs no read, one
         #: round trip less on the way back); otherwise the payload is '*' and each waiter
         #: re-reads its own record. The NOTIFY row comes back as a NULL task id.
+        #: The arrays go in binary (%b): in text form psycopg quotes and escapes every
+        #: element in Python, and the records' data is hex-encoded (a batch of PENDING
+        #: records, written behind a producer's sends, took it client time they compete for).
         self.store = (
             f"WITH w AS (INSERT INTO {table} AS t (task_id, state, data, updated_at, "
             "expires_at, name, queue, worker) "
             f"SELECT r.task_id, r.state, r.data, {_PG_NOW}, {_PG_NOW} + %s::float8, "
-            "r.name, r.queue, r.worker FROM unnest(%s::text[], %s::text[], %s::bytea[], "
-            "%s::text[], %s::text[], %s::text[]) AS r(task_id, state, data, name, queue, "
+            "r.name, r.queue, r.worker FROM unnest(%b::text[], %b::text[], %b::bytea[], "
+            "%b::text[], %b::text[], %b::text[]) AS r(task_id, state, data, name, queue, "
             "worker) ON CONFLICT (task_id) DO UPDATE SET state = EXCLUDED.state, "
             "data = EXCLUDED.data, updated_at = EXCLUDED.updated_at, "
             "expires_at = EXCLUDED.expires_at, name = EXCLUDED.name, "

@@ -27,15 +27,49 @@ SIGNED_PREFIX = b"conveyor-hmac1:"
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
+def _one_shot(encoder: json.JSONEncoder) -> Callable[[Any], str]:
+    """``encoder.encode``, without building a C encoder per call as ``JSONEncoder.encode``
+    does (1.7 us of a 2 us ``[1, 2]``): the C encoder is built once, with the same options.
+    It keeps no circular-reference markers (a shared markers dict is left holding ids when an
+    encode fails half-way, which would refuse later values); a cycle ends in RecursionError.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    quote = getattr(json.encoder, "c_encode_basestring_ascii", None)
+    if make is None or quote is None or not encoder.ensure_ascii:
+        return encoder.encode
+    c_encode = make(None, encoder.default, quote, None, encoder.key_separator,
+                    encoder.item_separator, encoder.sort_keys, encoder.skipkeys,
+                    encoder.allow_nan)
+    join = "".join
+
+    def encode(value: Any) -> str:
+        return join(c_encode(value, 0))
+
+    return encode
+
+
+#: JSON text of a value (``_ENCODER.encode``'s output, faster).
+encode_json: Callable[[Any], str] = _one_shot(_ENCODER)
+
+
 def dumps_json(value: Any) -> bytes:
     """Compact JSON bytes; raises :class:`SerializationError` naming what could not be encoded."""
     try:
-        return _ENCODER.encode(value).encode()
-    except (TypeError, ValueError) as exc:
-        raise SerializationError(
-            f"cannot encode as JSON: {exc}. Pass JSON types (str, int, float, bool, None, "
-            "list, dict) or enable pickle with task_serializer='pickle' and "
-            "accept_content=['json', 'pickle']") from exc
+        return encode_json(value).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise serialization_error(exc) from exc
+
+
+def serialization_error(exc: BaseException) -> SerializationError:
+    """The :class:`SerializationError` for a failed JSON encode (``exc`` its cause)."""
+    if isinstance(exc, RecursionError):
+        detail = "a value contains itself, or is nested too deeply"
+    else:
+        detail = str(exc)
+    return SerializationError(
+        f"cannot encode as JSON: {detail}. Pass JSON types (str, int, float, bool, None, "
+        "list, dict) or enable pickle with task_serializer='pickle' and "
+        "accept_content=['json', 'pickle']")
 
 
 def quote_json(text: str) -> str:

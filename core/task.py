@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import inspect
 import random
 import threading
@@ -260,11 +261,19 @@ class Task(Generic[P, R]):
 
         group_id = new_id()
         queue = queue or self.queue
-        batch = [self.app.build_message(self.name, args, None, queue=queue, group=group_id)
-                 for args in arguments]
-        self.app.publish(batch)
-        return GroupResult([AsyncResult(o.message.id, app=self.app) for o in batch],
-                           id=group_id)
+        # A batch makes several objects per message and none refers back to another, so the
+        # cyclic collector has nothing to find; left on, it ran repeatedly while the batch
+        # grew (full collections of the whole heap among them): 40% of building 10,000.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            batch = self.app.build_many(self.name, arguments, queue=queue, group=group_id)
+            self.app.publish(batch)
+            return GroupResult([AsyncResult(o.message.id, app=self.app) for o in batch],
+                               id=group_id)
+        finally:
+            if collecting:
+                gc.enable()
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature: this task with (partial) arguments, for chains and groups."""
