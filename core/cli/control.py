@@ -1,4 +1,4 @@
-"""``conveyor inspect workers|active|registered|stats`` and
+"""``conveyor inspect workers|active|reserved|scheduled|revoked|query-task|registered|stats`` and
 ``conveyor control shutdown|rate-limit|pool-grow|pool-shrink``: the worker registry and the
 control channel (see :mod:`conveyor.control`)."""
 
@@ -66,6 +66,78 @@ def inspect_active(state: dict[str, Any], app_path: str | None, as_json: bool,
     for name, tasks in sorted(found.items()):
         for t in tasks:
             add_row(tbl, name, t.get("id"), t.get("task"), when(t.get("started")))
+    out.print(tbl)
+
+
+@inspect.command("reserved")
+@common_options
+@_destination
+@pass_state
+def inspect_reserved(state: dict[str, Any], app_path: str | None, as_json: bool,
+                     destination: str | None) -> None:
+    """Messages each worker holds but has not started (its prefetch)."""
+    found = app_from(state, app_path).control.inspect(_names(destination)).reserved()
+    if as_json or json_mode():
+        emit_json(found)
+        return
+    tbl = table("worker", "task id", "task", "queue", "delivery", title="reserved tasks",
+                right=("delivery",), ids=("task id",))
+    for name, tasks in sorted(found.items()):
+        for t in tasks:
+            add_row(tbl, name, t.get("id"), t.get("task"), t.get("queue"), t.get("delivery"))
+    out.print(tbl)
+
+
+@inspect.command("scheduled")
+@common_options
+@_destination
+@pass_state
+def inspect_scheduled(state: dict[str, Any], app_path: str | None, as_json: bool,
+                      destination: str | None) -> None:
+    """Celery's scheduled tasks: none here, a countdown waits in the broker."""
+    found = app_from(state, app_path).control.inspect(_names(destination)).scheduled()
+    if as_json or json_mode():
+        emit_json(found)
+        return
+    out.print(f"{len(found)} live workers hold no scheduled tasks: a task with a countdown or "
+              "eta waits in the broker until it is due (`conveyor queues` counts them).",
+              markup=False)
+
+
+@inspect.command("revoked")
+@common_options
+@_destination
+@pass_state
+def inspect_revoked(state: dict[str, Any], app_path: str | None, as_json: bool,
+                    destination: str | None) -> None:
+    """Revoked task ids (stored in the backend: the same for every worker)."""
+    found = app_from(state, app_path).control.inspect(_names(destination)).revoked()
+    if as_json or json_mode():
+        emit_json(found)
+        return
+    ids = sorted({i for ids in found.values() for i in ids})
+    out.print(f"{len(ids)} revoked task ids, held by {len(found)} live workers:", markup=False)
+    for task_id in ids:
+        out.print(f"  {visible(task_id)}", markup=False)
+
+
+@inspect.command("query-task")
+@common_options
+@_destination
+@click.argument("task_ids", nargs=-1, required=True)
+@pass_state
+def inspect_query_task(state: dict[str, Any], app_path: str | None, as_json: bool,
+                       destination: str | None, task_ids: tuple[str, ...]) -> None:
+    """Which worker holds each task id, and whether it is running or reserved."""
+    found = app_from(state, app_path).control.inspect(_names(destination)).query_task(
+        *task_ids)
+    if as_json or json_mode():
+        emit_json(found)
+        return
+    tbl = table("worker", "task id", "state", "task", title="held tasks", ids=("task id",))
+    for name, held in sorted(found.items()):
+        for task_id, (where, info) in sorted(held.items()):
+            add_row(tbl, name, task_id, where, info.get("task"))
     out.print(tbl)
 
 

@@ -54,9 +54,46 @@ class Inspect:
         """Task names each worker knows (Celery's ``taskinfoitems`` are accepted, ignored)."""
         return {name: e.get("registered", []) for name, e in self.workers().items()}
 
+    def reserved(self, safe: bool | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Messages each worker holds but has not started (its prefetch): id, task, queue,
+        delivery number; as of the worker's last heartbeat."""
+        return {name: e.get("reserved", []) for name, e in self.workers().items()}
+
+    def scheduled(self, safe: bool | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Always empty lists: unlike Celery's, a conveyor worker never holds a task with a
+        countdown or eta; the broker keeps it until it is due (``conveyor queues`` counts
+        the delayed ones)."""
+        return {name: [] for name in self.workers()}
+
+    def revoked(self) -> dict[str, list[str]]:
+        """The revoked task ids, per worker. Revocations are stored in the backend and hold
+        for every worker alike, so each live worker gets the same list (one read)."""
+        from conveyor.control.revoke import revoked_ids
+
+        workers = self.workers()
+        ids = sorted(revoked_ids(self.app)) if workers else []
+        return {name: list(ids) for name in workers}
+
+    def query_task(self, *ids: str | Iterable[str]) -> dict[str, dict[str, list[Any]]]:
+        """Where each of ``ids`` is held, per worker: ``{id: ["active" | "reserved", info]}``
+        (Celery's shape); ids no worker holds are left out."""
+        wanted: set[str] = set()
+        for item in ids:
+            wanted.update([item] if isinstance(item, str) else item)
+        found: dict[str, dict[str, list[Any]]] = {}
+        for name, e in self.workers().items():
+            held: dict[str, list[Any]] = {}
+            for state in ("active", "reserved"):
+                for info in e.get(state, []):
+                    if isinstance(info, dict) and info.get("id") in wanted:
+                        held[str(info["id"])] = [state, info]
+            found[name] = held
+        return found
+
     def stats(self) -> dict[str, dict[str, Any]]:
         """Counters and settings per worker (everything but the task lists)."""
-        return {name: {k: v for k, v in e.items() if k not in ("active", "registered")}
+        return {name: {k: v for k, v in e.items()
+                       if k not in ("active", "registered", "reserved")}
                 for name, e in self.workers().items()}
 
     def ping(self) -> dict[str, dict[str, Any]]:

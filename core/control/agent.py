@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.control.channel import REPLY_PREFIX, control_queue, decode_command
 from conveyor.control.revoke import RevokedCache
-from conveyor.exceptions import ConfigurationError, ConveyorError
+from conveyor.exceptions import ConfigurationError, ConveyorError, MessageDecodeError
+from conveyor.message import Message
 from conveyor.outage import OutageLog
 from conveyor.ratelimit import parse_rate
 
@@ -71,11 +72,27 @@ class WorkerAgent:
             "version": _version(), "started": self.started, "heartbeat": now,
             "active": [{"id": task_id, "task": name, "started": started}
                        for task_id, (name, started, _) in list(c.runner.active.items())],
+            "reserved": self._reserved(),
             "processed": c.processed, "failed": c.runner.failed,
             "registered": sorted(self.app.tasks),
             "rate_limits": {name: t.rate_limit for name, t in self.app.tasks.items()
                             if t.rate_limit},
         }
+
+    def _reserved(self) -> list[dict[str, Any]]:
+        """Messages held but not started (prefetched), as Celery's ``inspect reserved``."""
+        c = self.consumer
+        running = c.runner.active
+        reserved = []
+        for res in c.held():
+            try:
+                msg = Message.decode(res.body, self.app.signer)
+            except MessageDecodeError:
+                continue  # the runner dead-letters it; nothing to show meanwhile
+            if msg.id not in running:
+                reserved.append({"id": msg.id, "task": msg.task, "queue": res.queue,
+                                 "delivery": res.attempts})
+        return reserved
 
     def register(self) -> None:
         """Write this worker's entry (expiring after three heartbeats)."""

@@ -48,6 +48,13 @@ def revoke(app: Conveyor, task_ids: Iterable[str], *, terminate: bool = False,
         backend.put_entry(PREFIX + task_id, TERMINATE if terminate else b"", ttl=ttl)
 
 
+def revoked_ids(app: Conveyor) -> dict[str, bool]:
+    """Every live revocation: task id -> whether it asked to terminate a running task (one
+    backend read; raises the backend's errors)."""
+    entries = app.backend.entries(PREFIX)
+    return {key[len(PREFIX):]: value == TERMINATE for key, value in entries.items()}
+
+
 class RevokedCache:
     """The ids revoked cluster-wide, as this worker last read them. Thread-safe."""
 
@@ -58,8 +65,7 @@ class RevokedCache:
 
     def refresh(self) -> None:
         """Read the revoked entries (one query). Raises the backend's errors."""
-        entries = self.app.backend.entries(PREFIX)
-        ids = {key[len(PREFIX):]: value == TERMINATE for key, value in entries.items()}
+        ids = revoked_ids(self.app)
         with self._lock:
             self._ids = ids
 

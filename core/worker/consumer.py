@@ -138,6 +138,11 @@ class Consumer:
         self.exit_code = RECYCLE
         self.stop()
 
+    def held(self) -> list[Reservation]:
+        """The messages this worker holds now (reserved: waiting or running), a snapshot."""
+        with self._held_lock:
+            return list(self._held.values())
+
     def resize(self, delta: int) -> int:
         """Add (``delta`` > 0) or remove executor threads, never below one; returns the new
         size. Removed threads finish their current task first."""

@@ -541,6 +541,49 @@ def test_registry_entry_inspect_and_control_commands(app: Conveyor, worker: Cons
     assert control_queue(worker.hostname).startswith("conveyor-control-")
 
 
+def test_inspect_reserved_scheduled_revoked_and_query_task(app: Conveyor,
+                                                           worker: Consumer) -> None:
+    inspect = app.control.inspect()
+    _wait(lambda: worker.hostname in inspect.workers())
+    gate = threading.Event()
+
+    @app.task
+    def hold() -> None:
+        gate.wait(10)
+
+    @app.task
+    def quick() -> None:
+        pass
+
+    # A worker prefetches beyond one message per thread only once its tasks proved short.
+    assert all(r.get(timeout=10) is None for r in [quick.delay() for _ in range(10)])
+    try:
+        running = [hold.delay() for _ in range(2)]  # both threads busy
+        _wait(lambda: len(inspect.active()[worker.hostname]) == 2)
+        waiting = [hold.delay() for _ in range(2)]  # prefetched, not started
+
+        def reserved_ids() -> set[str]:
+            return {t["id"] for t in inspect.reserved()[worker.hostname]}
+
+        _wait(lambda: reserved_ids() == {r.id for r in waiting})
+        held = inspect.reserved()[worker.hostname]
+        assert all(t["task"] == hold.name and t["queue"] == "default" and t["delivery"] == 1
+                   for t in held)
+        found = inspect.query_task(running[0].id, [waiting[0].id], "no-such-id")
+        assert set(found[worker.hostname]) == {running[0].id, waiting[0].id}
+        assert found[worker.hostname][running[0].id][0] == "active"
+        assert found[worker.hostname][waiting[0].id] == [
+            "reserved", next(t for t in held if t["id"] == waiting[0].id)]
+        assert inspect.scheduled() == {worker.hostname: []}
+        assert "reserved" not in inspect.stats()[worker.hostname]
+        waiting[1].revoke()
+        assert waiting[1].id in inspect.revoked()[worker.hostname]
+    finally:
+        gate.set()
+    assert all(r.get(timeout=10) is None for r in [*running, waiting[0]])
+    _wait(lambda: inspect.reserved()[worker.hostname] == [], timeout=10)
+
+
 def test_sql_broker_migrates_a_v1_table_to_priorities(tmp_path: Any) -> None:
     import sqlalchemy as sa
 
@@ -612,6 +655,15 @@ def test_inspect_and_control_commands_reach_a_live_worker(
         assert code == 0 and "w1\\x1b[31m" in output and "\x1b[31m" not in output
         code, output = run("inspect", "registered", "--json")
         assert f"{name}.add" in json.loads(output)["w1\x1b[31m"]
+        code, output = run("inspect", "reserved", "--json")
+        assert code == 0 and json.loads(output) == {"w1\x1b[31m": []}
+        code, output = run("inspect", "scheduled")
+        assert code == 0 and "1 live workers hold no scheduled tasks" in output
+        module.app.control.revoke("gone[/x]\x1b[2J")
+        code, output = run("inspect", "revoked")
+        assert code == 0 and "gone[/x]\\x1b[2J" in output and "\x1b[2J" not in output
+        code, output = run("inspect", "query-task", "nothing", "--json")
+        assert code == 0 and json.loads(output) == {"w1\x1b[31m": {}}
         code, output = run("control", "pool-grow", "2", "--json")
         assert json.loads(output) == {"w1\x1b[31m": {"ok": "pool size is now 3"}}
         code, output = run("control", "rate-limit", f"{name}.add", "5/s", "--json")
