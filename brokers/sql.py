@@ -120,7 +120,21 @@ class SQLBroker(Broker):
     def enqueue(self, queue: str, message: bytes, *, delay: float = 0.0,
                 priority: int = 0) -> str:
         """Insert one message; durable (committed) when it returns."""
-        return self.enqueue_many(queue, [message], delay=delay, priority=priority)[0]
+        pg = self._pg
+        if pg is None:
+            return self.enqueue_many(queue, [message], delay=delay, priority=priority)[0]
+        # PostgreSQL, as enqueue_many without the lists (delay()'s path): the single-row
+        # statement, its id and body as plain parameters.
+        self._db.check_queue_name(queue)
+        [mid] = _new_ids(1)
+        with self._db.raw() as conn:
+            if delay <= 0:
+                conn.execute(pg.enqueue_one, (queue, 0.0, 9 - priority, mid, bytes(message),
+                                              queue), prepare=True)
+            else:
+                conn.execute(pg.enqueue_one_quiet, (queue, float(delay), 9 - priority, mid,
+                                                    bytes(message)), prepare=True)
+        return mid
 
     def enqueue_many(self, queue: str, messages: Sequence[bytes], *,
                      delay: float = 0.0, priority: int = 0) -> list[str]:
@@ -131,19 +145,13 @@ class SQLBroker(Broker):
         self._db.refuse_oversized(max(len(m) for m in messages), "message")
         ids = _new_ids(len(messages))
         if self._pg is not None:
-            pg = self._pg
-            if len(messages) == 1:
-                params: tuple[Any, ...] = (queue, max(float(delay), 0.0), 9 - priority, ids[0],
-                                           bytes(messages[0]))
-                statement = pg.enqueue_one if delay <= 0 else pg.enqueue_one_quiet
-            else:
-                params = (queue, max(float(delay), 0.0), 9 - priority, ids,
-                          [bytes(m) for m in messages])
-                statement = pg.enqueue if delay <= 0 else pg.enqueue_quiet
-            if delay <= 0:
-                params = (*params, queue)
+            bodies = [bytes(m) for m in messages]
             with self._db.raw() as conn:
-                conn.execute(statement, params, prepare=True)
+                params = (queue, max(float(delay), 0.0), 9 - priority, ids, bodies)
+                if delay <= 0:
+                    conn.execute(self._pg.enqueue, (*params, queue), prepare=True)
+                else:
+                    conn.execute(self._pg.enqueue_quiet, params, prepare=True)
             return ids
         now = self._db.now()
         stmt = self._t.insert().values(available_at=now + max(float(delay), 0.0),

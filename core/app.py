@@ -441,31 +441,42 @@ class Conveyor:
     def enqueue(self, batch: list[Outgoing], bodies: list[bytes] | None = None) -> None:
         """Put messages on the broker, cutting delays to the broker's ``max_delay``: the
         worker re-delays a message that arrives before its eta (delays in hops)."""
-        limit = self.broker.capabilities.max_delay
+        broker = self.broker
+        capabilities = broker.capabilities
+        limit = capabilities.max_delay
         if bodies is None:
             bodies = [o.message.encode(self.signer) for o in batch]
-        largest = self.broker.capabilities.max_message_size
+        largest = capabilities.max_message_size
         if largest is not None:
-            _check_sizes(batch, bodies, largest, self.broker.large_message_hint)
+            _check_sizes(batch, bodies, largest, broker.large_message_hint)
         # Only brokers that declare priorities (message groups) are given one: others'
         # enqueue lacks the keyword.
-        ranked = self.broker.capabilities.priorities
-        grouped = self.broker.capabilities.message_groups
+        ranked = capabilities.priorities
+        grouped = capabilities.message_groups
+        if len(batch) == 1:     # delay(): no buckets
+            o = batch[0]
+            opts: dict[str, Any] = {"delay": o.delay if limit is None else min(o.delay, limit)}
+            if ranked and o.message.priority:
+                opts["priority"] = o.message.priority
+            if grouped and o.message.message_group is not None:
+                opts["message_group"] = o.message.message_group
+            self._retrying(broker.enqueue, o.queue, bodies[0], **opts)
+            return
         buckets: dict[tuple[str, float, int, str | None], list[bytes]] = defaultdict(list)
         for o, body in zip(batch, bodies, strict=True):
             delay = o.delay if limit is None else min(o.delay, limit)
             buckets[(o.queue, delay, o.message.priority if ranked else 0,
                      o.message.message_group if grouped else None)].append(body)
         for (queue, delay, priority, group), same in buckets.items():
-            opts: dict[str, Any] = {"delay": delay}
+            opts = {"delay": delay}
             if priority:
                 opts["priority"] = priority
             if group is not None:
                 opts["message_group"] = group
             if len(same) == 1:
-                self._retrying(self.broker.enqueue, queue, same[0], **opts)
+                self._retrying(broker.enqueue, queue, same[0], **opts)
             else:
-                self._retrying(self.broker.enqueue_many, queue, same, **opts)
+                self._retrying(broker.enqueue_many, queue, same, **opts)
 
     def _retrying(self, send: Callable[..., object], *args: Any, **kwargs: Any) -> None:
         """Send, retrying a lost connection with backoff (0.1 s doubling to 1 s) for up to
