@@ -167,3 +167,17 @@ def test_map_leaves_the_cyclic_collector_as_it_found_it() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_build_many_builds_the_same_messages_by_keyword(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The keyword form is what build_many falls back to if Message's fields are reordered.
+    import conveyor.app
+
+    app = Conveyor("t", broker="memory://batch-kw", backend="memory://batch-kw")
+    fast = app.build_many("t", [(1,), (2,)], queue="q", priority=3, group="g")
+    monkeypatch.setattr(conveyor.app, "_POSITIONAL", False)
+    slow = app.build_many("t", [(1,), (2,)], queue="q", priority=3, group="g")
+    for a, b in zip(fast, slow, strict=True):
+        for name in Message.__slots__:
+            if name not in {"id", "sent_at"}:
+                assert getattr(a.message, name) == getattr(b.message, name), name
