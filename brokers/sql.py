@@ -60,15 +60,15 @@ class _PostgresStatements:
                   f"{_PG_NOW}, %s FROM unnest(%b::text[], %b::bytea[]) AS m(id, body)")
         #: Insert a batch and wake waiting consumers: the NOTIFY is delivered at the commit
         #: of this very statement (a data-modifying WITH runs to completion either way).
+        #: Its payload is the queue, or ``~`` and the queue for delayed messages (see
+        #: ``_DueTimes``).
         self.enqueue = f"WITH sent AS ({insert}) SELECT pg_notify('{channel}', %s)"
-        self.enqueue_quiet = insert
         #: The same for one message (``delay()``), its id and body as plain parameters:
         #: building and dumping two one-element arrays cost more client time than the rest
         #: of the statement's parameters.
         one = "(SELECT %b::text, %b::bytea) AS m(id, body)"
         arrays = "unnest(%b::text[], %b::bytea[]) AS m(id, body)"
         self.enqueue_one = self.enqueue.replace(arrays, one)
-        self.enqueue_one_quiet = insert.replace(arrays, one)
         #: Claim up to n ready messages of one queue in their order, skipping rows other
         #: consumers are claiming. The pick is an ARRAY(...) sub-select, which PostgreSQL
         #: runs once (an InitPlan) before the UPDATE whatever the plan, so LIMIT n bounds
@@ -93,6 +93,52 @@ class _PostgresStatements:
                     "AS a(id, token) WHERE t.id = a.id AND t.lease_token = a.token")
 
 
+def _wake_payload(queue: str, delay: float) -> str:
+    """The NOTIFY payload of a send or release: the queue, marked with ``~`` when the
+    message is delayed (it can make the next due time earlier; see :class:`_DueTimes`)."""
+    return f"~{queue}" if delay > 0 else queue
+
+
+class _DueTimes:
+    """When the next delayed message or lease of some queues is due, as a waiting reserve
+    last read it on PostgreSQL, reused while nothing can have made it earlier.
+
+    An idle worker's reserve returns every ``worker_poll_wait`` and a busy one's claim
+    often comes back empty: each such claim was followed by a read of the next due time
+    (a scan of the queue's index entries, dead ones included: 1-1.5 ms right after a
+    burst). What can make that time earlier is a delayed send or release, which notifies
+    with a ``~`` payload, or another worker's lease running out, which is at least a lease
+    away; so a time read less than :data:`REUSE` seconds ago is reused unless a ``~``
+    notification came since (or the listener lost track). Thread-safe (one dict item per
+    tuple of queues, replaced whole)."""
+
+    REUSE = 1.0
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, ...], tuple[float, float, int]] = {}
+
+    def get(self, queues: Sequence[str], listener: Any) -> float | None:
+        """Seconds until due, if a recent read still holds; None: read it again."""
+        if listener is None or not listener.alive:
+            return None
+        found = self._known.get(tuple(queues))
+        if found is None:
+            return None
+        due_at, read_at, seen = found
+        now = time.monotonic()
+        if now - read_at > self.REUSE or due_at <= now:
+            return None
+        payloads = listener.payloads_since(seen)
+        if payloads is None or any(p.startswith("~") for p in payloads):
+            return None
+        return due_at - now
+
+    def put(self, queues: Sequence[str], due: float, seen: int) -> None:
+        """Record a read of ``due`` seconds, taken after listener generation ``seen``."""
+        now = time.monotonic()
+        self._known[tuple(queues)] = (now + due, now, seen)
+
+
 class SQLBroker(Broker):
     """A broker on SQLite, PostgreSQL or MySQL/MariaDB through SQLAlchemy Core.
 
@@ -115,6 +161,7 @@ class SQLBroker(Broker):
         self._dead = self._db.tables.dead
         self._pg = _PostgresStatements(self._t.name, self._db.channel("messages")) \
             if self._db.dialect == "postgresql" else None
+        self._due = _DueTimes()
 
     # -- producing ------------------------------------------------------------------------
     def enqueue(self, queue: str, message: bytes, *, delay: float = 0.0,
@@ -128,12 +175,9 @@ class SQLBroker(Broker):
         self._db.check_queue_name(queue)
         [mid] = _new_ids(1)
         with self._db.raw() as conn:
-            if delay <= 0:
-                conn.execute(pg.enqueue_one, (queue, 0.0, 9 - priority, mid, bytes(message),
-                                              queue), prepare=True)
-            else:
-                conn.execute(pg.enqueue_one_quiet, (queue, float(delay), 9 - priority, mid,
-                                                    bytes(message)), prepare=True)
+            conn.execute(pg.enqueue_one, (queue, max(float(delay), 0.0), 9 - priority, mid,
+                                          bytes(message), _wake_payload(queue, delay)),
+                         prepare=True)
         return mid
 
     def enqueue_many(self, queue: str, messages: Sequence[bytes], *,
@@ -147,11 +191,9 @@ class SQLBroker(Broker):
         if self._pg is not None:
             bodies = [bytes(m) for m in messages]
             with self._db.raw() as conn:
-                params = (queue, max(float(delay), 0.0), 9 - priority, ids, bodies)
-                if delay <= 0:
-                    conn.execute(self._pg.enqueue, (*params, queue), prepare=True)
-                else:
-                    conn.execute(self._pg.enqueue_quiet, params, prepare=True)
+                conn.execute(self._pg.enqueue, (queue, max(float(delay), 0.0), 9 - priority,
+                                                ids, bodies, _wake_payload(queue, delay)),
+                             prepare=True)
             return ids
         now = self._db.now()
         stmt = self._t.insert().values(available_at=now + max(float(delay), 0.0),
@@ -183,10 +225,15 @@ class SQLBroker(Broker):
         listener = self._db.listener("messages") if wait > 0 else None
         while True:
             seen = listener.generation if listener is not None else 0
-            taken, due = self._claim(queues, lease, limit, due=wait > 0)
+            known = self._due.get(queues, listener)
+            taken, due = self._claim(queues, lease, limit, due=wait > 0 and known is None)
             left = deadline - time.monotonic()
             if taken or left <= 0:
                 return taken
+            if known is not None:
+                due = known
+            elif due is not None and listener is not None:
+                self._due.put(queues, due, seen)
             if due is None:
                 due = self._seconds_until_due(queues)
             if listener is not None and listener.alive:
@@ -298,8 +345,8 @@ class SQLBroker(Broker):
             done = conn.execute(self._t.update().where(self._held(reservation))
                                 .values(available_at=now + max(float(delay), 0.0),
                                         lease_token=None))
-            if done.rowcount and delay <= 0:
-                self._db.notify(conn, "messages", reservation.queue)
+            if done.rowcount:
+                self._db.notify(conn, "messages", _wake_payload(reservation.queue, delay))
 
     def extend(self, reservation: Reservation, *, lease: float) -> bool:
         """Push the lease to ``lease`` seconds from now; False if it already ran out."""

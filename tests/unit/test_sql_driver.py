@@ -414,6 +414,52 @@ def test_a_forked_child_opens_its_own_connections_on_postgres(postgres_url: str)
         _discard(broker)
 
 
+def test_consecutive_empty_waits_on_postgres_read_the_next_due_time_once(
+        postgres_url: str) -> None:
+    # An idle worker's reserve returns every poll wait and starts again: the next due time
+    # it read is reused while no delayed send could have made it earlier, and read again
+    # as soon as one did (that send notifies), so a delayed message still comes on time.
+    broker = SQLBroker(URL(postgres_url), table_prefix=_prefix())
+    try:
+        assert broker._pg is not None
+        broker.reserve(["idle"], lease=30, wait=0.05)  # the listener is up
+        reads: list[str] = []
+        real_raw = broker._db.raw
+
+        class Recording:
+            def __init__(self, conn: Any) -> None:
+                self._conn = conn
+
+            def execute(self, query: str, params: Any = None, **kwargs: Any) -> Any:
+                reads.append(query)
+                return self._conn.execute(query, params, **kwargs)
+
+        @contextlib.contextmanager
+        def recording_raw() -> Iterator[Any]:
+            with real_raw() as conn:
+                yield Recording(conn)
+
+        broker._db.raw = recording_raw  # type: ignore[method-assign]
+        try:
+            for _ in range(5):
+                assert broker.reserve(["idle"], lease=30, wait=0.05) == []
+            assert reads.count(broker._pg.due) <= 1, reads
+            other = SQLBroker(URL(postgres_url), table_prefix=broker._db.prefix)
+            try:
+                other.enqueue("idle", b"soon", delay=0.4)  # from another client
+            finally:
+                other.close()
+            started = time.monotonic()
+            got = broker.reserve(["idle"], lease=30, wait=3.0)
+            took = time.monotonic() - started
+        finally:
+            broker._db.raw = real_raw  # type: ignore[method-assign]
+        assert [r.body for r in got] == [b"soon"]
+        assert took < 1.2, f"the delayed message came {took:.2f}s into the wait"
+    finally:
+        _discard(broker)
+
+
 def test_an_idle_waiting_reserve_on_postgres_reads_when_next_is_due_on_its_connection(
         postgres_url: str) -> None:
     # An empty claim reads when the next message is due on its own connection (a prepared
