@@ -400,7 +400,7 @@ class Reader:
     def state_counts(self) -> dict[str, int]:
         """Records per state written in the last hour, each capped at ``STATE_COUNT_CAP``;
         read at most every ``STATE_COUNT_EVERY`` seconds (six queries: cheap where indexed,
-        a listing on S3)."""
+        a listing on S3 without ``query_index=1``)."""
         if not self.can_query:
             return {}
         with self._lock:

@@ -22,8 +22,8 @@ for a lease or an operator) go to the minute of the last write.
 Closed minutes are read once and kept (60 buckets); the open minute, and the one before it
 once more after it closes, are re-read at most every ``REFRESH`` seconds. So the whole hour
 costs ``60 * PER_MINUTE`` records at start, then two minutes' reads per refresh, whatever the
-number of records in the backend (the query is indexed by write time on every backend but
-S3, where each read lists the bucket).
+number of records in the backend (the query is indexed by write time on every backend; on
+S3 only with ``query_index=1``, else each read lists the bucket).
 
 A history of one queue (``queue``) reads the same way with the query's queue filter: an
 index walk on SQL and MongoDB (by queue and write time); on Redis a walk of the minute's
