@@ -246,6 +246,34 @@ def test_waiting_reserve_on_postgres_wakes_on_notify(postgres_url: str) -> None:
         _discard(broker)
 
 
+@contextlib.contextmanager
+def _recording(store: SQLBroker | SQLResultBackend) -> Iterator[list[tuple[str, Any]]]:
+    """Record what ``store``'s raw connections are really sent (query, params) while in the
+    block: hot statements go to psycopg through SQLStore.raw(), not through SQLAlchemy's
+    execution events."""
+    seen: list[tuple[str, Any]] = []
+    real_raw = store._db.raw
+
+    class Recording:
+        def __init__(self, conn: Any) -> None:
+            self._conn = conn
+
+        def execute(self, query: str, params: Any = None, **kwargs: Any) -> Any:
+            seen.append((query, params))
+            return self._conn.execute(query, params, **kwargs)
+
+    @contextlib.contextmanager
+    def recording_raw() -> Iterator[Any]:
+        with real_raw() as conn:
+            yield Recording(conn)
+
+    store._db.raw = recording_raw  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        store._db.raw = real_raw  # type: ignore[method-assign]
+
+
 def test_claim_uses_the_index_with_100000_queued_rows(postgres_url: str) -> None:
     broker = SQLBroker(URL(postgres_url), table_prefix=_prefix())
     t = broker._db.tables.messages
@@ -258,29 +286,8 @@ def test_claim_uses_the_index_with_100000_queued_rows(postgres_url: str) -> None
                 "extract(epoch from now()) - 100000 + g, 0, extract(epoch from now()) "
                 "FROM generate_series(1, 100000) g")
             conn.exec_driver_sql(f"ANALYZE {t.name}")
-        # The claim goes to psycopg through SQLStore.raw(), not through SQLAlchemy's
-        # execution events: record what the raw connection is really sent.
-        seen: list[tuple[str, Any]] = []
-        real_raw = broker._db.raw
-
-        class Recording:
-            def __init__(self, conn: Any) -> None:
-                self._conn = conn
-
-            def execute(self, query: str, params: Any = None, **kwargs: Any) -> Any:
-                seen.append((query, params))
-                return self._conn.execute(query, params, **kwargs)
-
-        @contextlib.contextmanager
-        def recording_raw() -> Iterator[Any]:
-            with real_raw() as conn:
-                yield Recording(conn)
-
-        broker._db.raw = recording_raw  # type: ignore[method-assign]
-        try:
+        with _recording(broker) as seen:
             got = broker.reserve(["busy"], lease=30, limit=10)
-        finally:
-            broker._db.raw = real_raw  # type: ignore[method-assign]
         assert len(got) == 10
         assert [r.message_id for r in got] == [f"{g:032x}" for g in range(1, 11)]
         assert broker._pg is not None
@@ -288,7 +295,7 @@ def test_claim_uses_the_index_with_100000_queued_rows(postgres_url: str) -> None
         assert len(claims) == 1, seen
         statement, params = claims[0]
         assert params[2:] == ("busy", 10)
-        with real_raw() as conn:  # EXPLAIN plans the UPDATE without running it
+        with broker._db.raw() as conn:  # EXPLAIN plans the UPDATE without running it
             custom = "\n".join(row[0] for row in conn.execute("EXPLAIN " + statement, params))
             # The statement is prepared, so after a few runs PostgreSQL may use its generic
             # plan (parameters unknown, LIMIT included): that one must be indexed too.
@@ -423,26 +430,10 @@ def test_consecutive_empty_waits_on_postgres_read_the_next_due_time_once(
     try:
         assert broker._pg is not None
         broker.reserve(["idle"], lease=30, wait=0.05)  # the listener is up
-        reads: list[str] = []
-        real_raw = broker._db.raw
-
-        class Recording:
-            def __init__(self, conn: Any) -> None:
-                self._conn = conn
-
-            def execute(self, query: str, params: Any = None, **kwargs: Any) -> Any:
-                reads.append(query)
-                return self._conn.execute(query, params, **kwargs)
-
-        @contextlib.contextmanager
-        def recording_raw() -> Iterator[Any]:
-            with real_raw() as conn:
-                yield Recording(conn)
-
-        broker._db.raw = recording_raw  # type: ignore[method-assign]
-        try:
+        with _recording(broker) as seen:
             for _ in range(5):
                 assert broker.reserve(["idle"], lease=30, wait=0.05) == []
+            reads = [query for query, _ in seen]
             assert reads.count(broker._pg.due) <= 1, reads
             other = SQLBroker(URL(postgres_url), table_prefix=broker._db.prefix)
             try:
@@ -452,8 +443,6 @@ def test_consecutive_empty_waits_on_postgres_read_the_next_due_time_once(
             started = time.monotonic()
             got = broker.reserve(["idle"], lease=30, wait=3.0)
             took = time.monotonic() - started
-        finally:
-            broker._db.raw = real_raw  # type: ignore[method-assign]
         assert [r.body for r in got] == [b"soon"]
         assert took < 1.2, f"the delayed message came {took:.2f}s into the wait"
     finally:
