@@ -338,22 +338,7 @@ class BrokerEnqueueReserveContract(BrokerFixtures):
             self, broker: Broker, broker_factory: Callable[[], Broker], queue: str,
             timings: BrokerTimings) -> None:
         require_capability(broker.capabilities.blocking_reserve, broker, "blocking_reserve=True")
-        producer = broker_factory()
-        sent_at: list[float] = []
-
-        def send() -> None:
-            producer.enqueue(queue, b"wake")
-            sent_at.append(time.monotonic())
-
-        timer = threading.Timer(timings.tick, send)
-        timer.start()
-        try:
-            got = broker.reserve([queue], lease=timings.long_lease, wait=10.0)
-            received_at = time.monotonic()
-        finally:
-            timer.join()
-        assert [r.body for r in got] == [b"wake"]
-        lag = received_at - sent_at[0]
+        lag = _wake_lag(broker, broker_factory(), queue, timings, after=timings.tick, wait=10.0)
         assert lag < max(0.5, 2 * timings.resolution), f"woke {lag:.3f}s after the enqueue"
 
     def test_blocking_reserve_still_wakes_promptly_late_in_a_long_wait(
@@ -362,22 +347,7 @@ class BrokerEnqueueReserveContract(BrokerFixtures):
         # A driver that polls while it waits must cap its backoff: a message sent 3 s into a
         # 15 s wait is found within a second, not at the end of a pause that kept doubling.
         require_capability(broker.capabilities.blocking_reserve, broker, "blocking_reserve=True")
-        producer = broker_factory()
-        sent_at: list[float] = []
-
-        def send() -> None:
-            producer.enqueue(queue, b"late")
-            sent_at.append(time.monotonic())
-
-        timer = threading.Timer(3.0, send)
-        timer.start()
-        try:
-            got = broker.reserve([queue], lease=timings.long_lease, wait=15.0)
-            received_at = time.monotonic()
-        finally:
-            timer.join()
-        assert [r.body for r in got] == [b"late"]
-        lag = received_at - sent_at[0]
+        lag = _wake_lag(broker, broker_factory(), queue, timings, after=3.0, wait=15.0)
         assert lag < max(1.0, 2 * timings.resolution), f"woke {lag:.3f}s after the enqueue"
 
     def test_enqueue_many_stores_every_message_with_distinct_ids(
@@ -608,3 +578,24 @@ class BrokerDelayContract(BrokerFixtures):
         stats = settled_stats(broker, queue, timings,
                               lambda s: (s.ready, s.delayed, s.reserved) == (0, 1, 0))
         assert (stats.ready, stats.delayed, stats.reserved) == (0, 1, 0)
+
+
+def _wake_lag(broker: Broker, producer: Broker, queue: str, timings: BrokerTimings, *,
+              after: float, wait: float) -> float:
+    """Seconds between ``producer`` enqueuing a message ``after`` seconds into a
+    ``broker.reserve(wait=wait)`` and that reserve returning it (asserted)."""
+    sent_at: list[float] = []
+
+    def send() -> None:
+        producer.enqueue(queue, b"wake")
+        sent_at.append(time.monotonic())
+
+    timer = threading.Timer(after, send)
+    timer.start()
+    try:
+        got = broker.reserve([queue], lease=timings.long_lease, wait=wait)
+        received_at = time.monotonic()
+    finally:
+        timer.join()
+    assert [r.body for r in got] == [b"wake"]
+    return received_at - sent_at[0]
